@@ -1,0 +1,296 @@
+"""The fencefs command: mount, unmount, status, reclaim, log."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import errno
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+STATUS_XATTR = "user.fencefs.status"
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+# -- mount -------------------------------------------------------------------
+
+
+def _mounted_at(mountpoint: str) -> tuple[str, str] | None:
+    """(fstype, source) of the mount at ``mountpoint``, if any."""
+    target = os.path.realpath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) >= 5 and _unescape(fields[4]) == target:
+            rfields = right.split()
+            found = (rfields[0], _unescape(rfields[1]) if len(rfields) > 1 else "")
+    return found
+
+
+def _unescape(text: str) -> str:
+    return (text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+            .replace("\\134", "\\"))
+
+
+def validate_mount(backing: str, mountpoint: str) -> tuple[str, str]:
+    if not os.path.exists(backing):
+        raise UsageError(f"backing directory {backing} does not exist")
+    if not os.path.isdir(backing):
+        raise UsageError(f"backing directory {backing} is not a directory")
+    if not os.path.exists(mountpoint):
+        raise UsageError(f"mount point {mountpoint} does not exist")
+    if not os.path.isdir(mountpoint):
+        raise UsageError(f"mount point {mountpoint} is not a directory")
+    backing, mountpoint = os.path.realpath(backing), os.path.realpath(mountpoint)
+    if os.path.ismount(mountpoint) or _mounted_at(mountpoint) is not None:
+        raise UsageError(f"mount point {mountpoint} is busy: something is mounted there")
+    if mountpoint == backing or mountpoint.startswith(backing + "/") \
+            or backing.startswith(mountpoint + "/"):
+        raise UsageError("the mount point and the backing directory must not contain each other")
+    from fencefs.store.backing import check_xattr_support
+
+    meta = os.path.join(backing, ".fencefs")
+    try:
+        os.makedirs(meta, mode=0o700, exist_ok=True)
+        check_xattr_support(meta)
+    except OSError as e:
+        raise UsageError(str(e) if "xattr" in str(e) else
+                         f"backing directory {backing} is not usable: {e.strerror}") from None
+    return backing, mountpoint
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    backing, mountpoint = validate_mount(args.backing, args.mountpoint)
+    if args.foreground:
+        from fencefs.daemon import serve, setup_logging
+
+        setup_logging(args.debug, args.log_file)
+        return serve(backing, mountpoint, allow_other=args.allow_other, debug=args.debug,
+                     durable=args.durability == "full", scope=args.identity,
+                     ready_fd=args.ready_fd)
+    read_fd, write_fd = os.pipe()
+    logfile = os.path.join(backing, ".fencefs", "daemon.log")
+    command = [sys.executable, "-m", "fencefs.cli", "mount", "--foreground",
+               "--ready-fd", str(write_fd), "--log-file", logfile,
+               "--durability", args.durability, "--identity", args.identity]
+    if args.debug:
+        command.append("--debug")
+    if args.allow_other:
+        command.append("--allow-other")
+    command += [backing, mountpoint]
+    child = subprocess.Popen(command, pass_fds=(write_fd,), start_new_session=True,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    deadline = time.monotonic() + 30
+    ready = False
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([read_fd], [], [], 0.2)
+        if r:
+            ready = os.read(read_fd, 64).startswith(b"ready")
+            break
+        if child.poll() is not None:
+            break
+    os.close(read_fd)
+    if not ready:
+        if child.poll() is None:
+            child.terminate()
+        raise UsageError(f"the fencefs daemon did not start; see {logfile}")
+    print(f"fencefs: {backing} mounted on {mountpoint} (daemon pid {child.pid})")
+    return 0
+
+
+# -- unmount -----------------------------------------------------------------
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    mountpoint = os.path.realpath(args.mountpoint)
+    found = _mounted_at(mountpoint)
+    if found is None or found[0] != "fuse.fencefs":
+        raise UsageError(f"{args.mountpoint} is not a fencefs mount")
+    backing = found[1]
+    pid = _daemon_pid(backing)
+    result = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UsageError(f"could not unmount {mountpoint}: {result.stderr.strip()}")
+    if pid is not None:
+        deadline = time.monotonic() + args.timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise UsageError(f"unmounted, but daemon {pid} did not exit in {args.timeout}s")
+            time.sleep(0.05)
+    return 0
+
+
+def _daemon_pid(backing: str) -> int | None:
+    try:
+        with open(os.path.join(backing, ".fencefs", "daemon.pid")) as f:
+            return int(f.readline())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# -- reclaim, status, log ----------------------------------------------------
+
+
+def cmd_reclaim(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            os.setxattr(path, "user.fencefs.reclaim", b"1")
+            epoch = os.getxattr(path, "user.fencefs.epoch").decode()
+            print(f"{path}: reclaimed, epoch {epoch}")
+        except OSError as e:
+            hint = " (not on a fencefs mount?)" if e.errno in (errno.ENOTSUP, errno.EINVAL) else ""
+            print(f"fencefs: {path}: {e.strerror}{hint}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _claims_of(path: str) -> dict[str, object]:
+    def get(name: str) -> str:
+        return os.getxattr(path, f"user.fencefs.{name}").decode()
+
+    claims = []
+    for line in get("claims").splitlines():
+        claims.append(dict(part.split("=", 1) for part in line.split() if "=" in part))
+    return {"file": path, "version": int(get("version")), "epoch": int(get("epoch")),
+            "policy": get("policy"), "claims": claims}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = []
+    if args.files:
+        for path in args.files:
+            full = path if os.path.isabs(path) else os.path.join(args.mountpoint, path)
+            try:
+                rows.append(_claims_of(full))
+            except OSError as e:
+                raise UsageError(f"{path}: {e.strerror}") from None
+    else:
+        try:
+            raw = os.getxattr(args.mountpoint, STATUS_XATTR)
+        except OSError as e:
+            raise UsageError(f"{args.mountpoint}: not a fencefs mount ({e.strerror})") from None
+        rows = json.loads(raw)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'FILE':40} {'VER':>5} {'EPOCH':>5} {'POLICY':10} CLAIMS")
+    for row in rows:
+        claims = row["claims"] or [{}]
+        for i, claim in enumerate(claims):
+            head = (f"{str(row['file'])[-40:]:40} {row['version']:>5} {row['epoch']:>5} "
+                    f"{row['policy']:10}" if i == 0 else " " * 63)
+            detail = (" ".join(f"{k}={v}" for k, v in claim.items())) if claim else "-"
+            print(f"{head} {detail}")
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    journal = os.path.join(args.mountpoint, ".fencefs", "journal.jsonl")
+    try:
+        from fencefs.store.journal import read_journal
+
+        entries = read_journal(journal)
+    except OSError as e:
+        raise UsageError(f"cannot read {journal}: {e.strerror}") from None
+    if args.file:
+        wanted = os.path.relpath(os.path.realpath(args.file), os.path.realpath(args.mountpoint)) \
+            if os.path.isabs(args.file) or os.path.exists(args.file) else args.file
+        entries = [e for e in entries if e.get("file") == wanted]
+    if args.json:
+        for e in entries:
+            print(json.dumps(e))
+        return 0
+    print(f"{'TIME':23} {'EVENT':10} {'FILE':28} {'WHO':20} {'PID':>7} DETAIL")
+    for e in entries:
+        when = datetime.datetime.fromtimestamp(float(e.get("ts", 0))).isoformat(
+            sep=" ", timespec="milliseconds")
+        detail = " ".join(f"{k}={v}" for k, v in e.items()
+                          if k not in ("ts", "event", "file", "identity", "pid"))
+        print(f"{when:23} {e.get('event', '?'):10} {str(e.get('file', '?'))[-28:]:28} "
+              f"{str(e.get('identity', '-'))[-20:]:20} {e.get('pid', '-')!s:>7} {detail}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fencefs", description="A FUSE filesystem that fences writes to shared files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount BACKING on MOUNTPOINT")
+    m.add_argument("backing")
+    m.add_argument("mountpoint")
+    m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    m.add_argument("--debug", action="store_true", help="log every request")
+    m.add_argument("--allow-other", action="store_true",
+                   help="let other users use the mount (file modes still apply)")
+    m.add_argument("--durability", choices=("full", "none"), default="full",
+                   help="full (default): a successful close/fsync is on disk; "
+                        "none: no fsync, a crash may lose acknowledged commits")
+    m.add_argument("--identity", choices=("agent", "process", "thread", "session"),
+                   default="agent", help="what one claim-holding identity is (docs/guide.md)")
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    m.add_argument("--log-file", help=argparse.SUPPRESS)
+    m.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("unmount", help="unmount and wait for the daemon to exit")
+    u.add_argument("mountpoint")
+    u.add_argument("--timeout", type=float, default=30.0)
+    u.set_defaults(func=cmd_unmount)
+
+    s = sub.add_parser("status", help="files with outstanding claims")
+    s.add_argument("mountpoint")
+    s.add_argument("files", nargs="*")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    r = sub.add_parser("reclaim", help="revoke every claim on FILE (epoch + 1)")
+    r.add_argument("files", nargs="+")
+    r.set_defaults(func=cmd_reclaim)
+
+    lg = sub.add_parser("log", help="print the journal")
+    lg.add_argument("mountpoint")
+    lg.add_argument("file", nargs="?")
+    lg.add_argument("--json", action="store_true")
+    lg.set_defaults(func=cmd_log)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as e:
+        print(f"fencefs: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""The pure fencing core: no pyfuse3, no trio, no I/O.
+
+``tests/test_layers.py`` fails if this package imports either.
+"""
+
+from fencefs.core.coordinator import Coordinator, decide
+from fencefs.core.errors import BadValue, Busy, Conflict, FenceError, Fenced
+from fencefs.core.model import Claim, FileState, Kind, Persisted
+
+__all__ = [
+    "BadValue", "Busy", "Claim", "Conflict", "Coordinator", "FenceError", "Fenced",
+    "FileState", "Kind", "Persisted", "decide",
+]

@@ -1,0 +1,241 @@
+"""The fencing core: every decision about claims and commits.
+
+Pure and synchronous: no pyfuse3, no trio, no file I/O of its own. Anything
+that must be persisted in the same step as a decision is passed in as a
+plain callable (``install``, ``persist``) and called *between* the check and
+the state change, so a caller that never awaits around these methods gets
+check-and-install as one atomic step (G3). The method names are the actions
+of ``specs/Fencing.tla`` and ``specs/Observation.tla``.
+
+``Coordinator`` is the local implementation of the coordination state; the
+FUSE layer talks to it only through the methods below, so that a distributed
+implementation can replace it later without touching the FUSE layer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+
+from fencefs.core.errors import Conflict, FenceError, Fenced
+from fencefs.core.model import OPTIMISTIC, Claim, FileState, Kind, Persisted
+
+
+def decide(file: FileState, claim: Claim) -> type[FenceError] | None:
+    """The guard of every commit: None if ``claim`` may commit to ``file``.
+
+    EpochGuard first: a revoked claim is fenced even when the version never
+    moved (G2). Then VersionGuard: the file must still be at the version the
+    claim rests on (G1). Appends do not depend on the content they land on,
+    so only the epoch guard applies to them.
+    """
+    if claim.epoch != file.epoch:
+        return Fenced
+    if not claim.append and claim.version != file.version:
+        return Conflict
+    return None
+
+
+def _refuse(error: type[FenceError], file: FileState, claim: Claim) -> FenceError:
+    return error(
+        file.path,
+        rested_version=claim.version,
+        rested_epoch=claim.epoch,
+        current_version=file.version,
+        current_epoch=file.epoch,
+    )
+
+
+class Coordinator:
+    """Versions, epochs and claims of every known file, in memory."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, FileState] = {}
+        self._ids = itertools.count(1)
+
+    # -- state -------------------------------------------------------------
+
+    def get(self, path: str) -> FileState | None:
+        return self._files.get(path)
+
+    def files(self) -> Iterable[FileState]:
+        return self._files.values()
+
+    def adopt(self, path: str, persisted: Persisted) -> FileState:
+        """Register a file's persisted state (Restart, or first sight)."""
+        file = self._files.get(path)
+        if file is None:
+            file = FileState(path, persisted.version, persisted.epoch, persisted.policy)
+            self._files[path] = file
+        return file
+
+    def forget(self, path: str) -> None:
+        """Drop a file's in-memory state once nothing rests on it."""
+        file = self._files.get(path)
+        if file is not None and not file.writers and not file.readers:
+            del self._files[path]
+
+    # -- actions -----------------------------------------------------------
+
+    def observe(
+        self, path: str, identity: str, pid: int, version: int, epoch: int
+    ) -> Claim:
+        """Observe: record the (version, epoch) that was served to ``identity``.
+
+        A handle opened before a commit still serves the version it opened, so
+        the served version may be older than the file's: a later rewrite by
+        the same identity then conflicts, as it should.
+        """
+        file = self._files[path]
+        claim = file.readers.get(identity)
+        if claim is None:
+            claim = Claim(next(self._ids), path, identity, pid, Kind.READ, version, epoch)
+            file.readers[identity] = claim
+        else:
+            claim.version, claim.epoch, claim.pid = version, epoch, pid
+        return claim
+
+    def open_write(
+        self,
+        path: str,
+        identity: str,
+        pid: int,
+        *,
+        rewrite: bool,
+        append: bool = False,
+        lease_expiry: float | None = None,
+    ) -> Claim:
+        """OpenWrite: give a new write handle its claim.
+
+        A ``rewrite`` (O_TRUNC: the new content is computed elsewhere) rests
+        on what the identity last read, and is refused now if that is already
+        stale. Other opens start from the current content, so they rest on
+        the current version. Appends rest on nothing but the epoch.
+        """
+        file = self._files[path]
+        version, epoch = file.version, file.epoch
+        seen = file.readers.get(identity)
+        if rewrite and not append and seen is not None:
+            error = decide(file, seen)
+            if error is not None:
+                raise _refuse(error, file, seen)
+        claim = Claim(
+            next(self._ids), path, identity, pid, Kind.WRITE, version, epoch,
+            append=append, lease_expiry=lease_expiry,
+        )
+        file.writers[claim.id] = claim
+        return claim
+
+    def check(self, claim: Claim) -> None:
+        """Raise the typed error if ``claim`` could not commit now."""
+        file = self._files[claim.path]
+        error = decide(file, claim)
+        if error is not None:
+            raise _refuse(error, file, claim)
+
+    def commit(self, claim: Claim, install: Callable[[int, int], None]) -> int:
+        """Commit: check, install and advance, as one step (G1, G2, G3).
+
+        ``install(new_version, epoch)`` makes the new content and its version
+        durable-on-rename in the store; if it raises, nothing changed here.
+        Returns the new version. The committing identity's observation moves
+        to the version it created.
+        """
+        file = self._files[claim.path]
+        error = decide(file, claim)
+        if error is not None:
+            raise _refuse(error, file, claim)
+        new_version = file.version + 1
+        install(new_version, file.epoch)
+        file.version = new_version
+        claim.version = new_version
+        seen = file.readers.get(claim.identity)
+        if seen is not None:
+            seen.version, seen.epoch = new_version, file.epoch
+        return new_version
+
+    def commit_path(
+        self,
+        path: str,
+        identity: str,
+        pid: int,
+        install: Callable[[int, int], None],
+    ) -> int:
+        """A commit made by a path operation (rename over, truncate, unlink).
+
+        It rests on what the identity last read of the path, or on the
+        current version when it never read it (a blind write).
+        """
+        file = self._files[path]
+        seen = file.readers.get(identity)
+        base = seen if seen is not None else Claim(
+            0, path, identity, pid, Kind.WRITE, file.version, file.epoch
+        )
+        error = decide(file, base)
+        if error is not None:
+            raise _refuse(error, file, base)
+        new_version = file.version + 1
+        install(new_version, file.epoch)
+        file.version = new_version
+        if seen is not None:
+            seen.version = new_version
+        return new_version
+
+    def reclaim(self, path: str, persist: Callable[[int], None]) -> int:
+        """Reclaim: revoke every outstanding claim by bumping the epoch.
+
+        ``persist(new_epoch)`` must make the epoch durable before returning,
+        so that epochs never go down, not even across a crash.
+        """
+        file = self._files[path]
+        new_epoch = file.epoch + 1
+        persist(new_epoch)
+        file.epoch = new_epoch
+        return new_epoch
+
+    def adopt_foreign(self, path: str, persist: Callable[[int, int], None]) -> int:
+        """A write made straight into the backing file becomes a version."""
+        file = self._files[path]
+        new_version = file.version + 1
+        persist(new_version, file.epoch)
+        file.version = new_version
+        return new_version
+
+    def release(self, claim: Claim) -> None:
+        """Release: the write handle is gone."""
+        file = self._files.get(claim.path)
+        if file is not None:
+            file.writers.pop(claim.id, None)
+
+    def set_policy(self, path: str, policy: str, persist: Callable[[str], None]) -> None:
+        file = self._files[path]
+        persist(policy)
+        file.policy = policy
+
+    # -- paths -------------------------------------------------------------
+
+    def moved(self, old: str, new: str) -> None:
+        """A path (and everything below it) was renamed; claims follow it."""
+        prefix = old + "/"
+        for path in [p for p in self._files if p == old or p.startswith(prefix)]:
+            file = self._files.pop(path)
+            target = new + path[len(old):]
+            file.path = target
+            for claim in file.claims():
+                claim.path = target
+            self._files[target] = file
+
+    def removed(self, path: str) -> FileState | None:
+        """The path is gone (unlinked, or replaced by a rename)."""
+        return self._files.pop(path, None)
+
+    def drop_identity(self, identity: str) -> int:
+        """Drop the observation claims of an identity that has exited."""
+        dropped = 0
+        for file in self._files.values():
+            if file.readers.pop(identity, None) is not None:
+                dropped += 1
+        return dropped
+
+    def default_policy(self) -> str:
+        return OPTIMISTIC

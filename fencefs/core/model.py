@@ -1,0 +1,61 @@
+"""The data the fencing core reasons about: files, claims, and their kinds.
+
+Plain data, no I/O. ``specs/Fencing.tla`` models the same records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+OPTIMISTIC = "optimistic"
+EXCLUSIVE = "exclusive"
+SHARED = "shared"
+POLICIES = (OPTIMISTIC, EXCLUSIVE, SHARED)
+
+
+class Kind(str, Enum):
+    READ = "read"
+    WRITE = "write"
+
+
+@dataclass
+class Claim:
+    """What a writer's (or reader's) view of a file rests on."""
+
+    id: int
+    path: str
+    identity: str
+    pid: int
+    kind: Kind
+    version: int
+    epoch: int
+    append: bool = False
+    # Monotonic deadline of the lease (write claims); None: no lease.
+    lease_expiry: float | None = None
+
+
+@dataclass
+class FileState:
+    """Coordination state of one regular file, keyed by its path."""
+
+    path: str
+    version: int
+    epoch: int
+    policy: str = OPTIMISTIC
+    # Open write handles' claims, by claim id.
+    writers: dict[int, Claim] = field(default_factory=dict)
+    # Observation claims: the last (version, epoch) each identity was served.
+    readers: dict[str, Claim] = field(default_factory=dict)
+
+    def claims(self) -> list[Claim]:
+        return [*self.writers.values(), *self.readers.values()]
+
+
+@dataclass(frozen=True)
+class Persisted:
+    """What the store keeps with a file's content (see ``fencefs.store``)."""
+
+    version: int
+    epoch: int
+    policy: str = OPTIMISTIC

@@ -1,0 +1,113 @@
+"""Running a mount: pyfuse3 on trio, signals, readiness, clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import pyfuse3
+import trio
+
+from fencefs.fuse.identity import mount_id_of
+from fencefs.fuse.operations import FenceOperations
+
+log = logging.getLogger("fencefs")
+
+
+def mount_options(backing: str, *, allow_other: bool, debug: bool) -> set[str]:
+    options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    options.add(f"fsname={backing}")
+    options.add("subtype=fencefs")
+    if allow_other:
+        options.add("allow_other")
+    if debug:
+        options.add("debug")
+    return options
+
+
+def pid_file(backing: str) -> str:
+    return os.path.join(backing, ".fencefs", "daemon.pid")
+
+
+def serve(
+    backing: str,
+    mountpoint: str,
+    *,
+    allow_other: bool = False,
+    debug: bool = False,
+    durable: bool = True,
+    scope: str = "agent",
+    ready_fd: int | None = None,
+) -> int:
+    """Mount, serve until unmounted or signalled, unmount. Returns exit code."""
+    ops = FenceOperations(backing, durable=durable, scope=scope)
+    recovered = ops.recover()
+    if recovered:
+        log.warning("put away %d draft(s) left by an earlier daemon", recovered)
+    pyfuse3.init(ops, mountpoint, mount_options(ops.backing.root, allow_other=allow_other,
+                                                debug=debug))
+    ops.mount_id = mount_id_of(mountpoint)
+    with open(pid_file(ops.backing.root), "w") as f:
+        f.write(f"{os.getpid()}\n{os.path.abspath(mountpoint)}\n")
+    clean = False
+    try:
+        trio.run(_main, ready_fd)
+        clean = True
+    except BaseException as exc:  # noqa: BLE001 - report whatever stopped the loop
+        if not _only_cancelled(exc):
+            log.error("fencefs stopped on an error", exc_info=exc)
+    finally:
+        pyfuse3.close(unmount=True)
+        ops.journal.close()
+        try:
+            os.unlink(pid_file(ops.backing.root))
+        except OSError:
+            pass
+    return 0 if clean else 1
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in exc.exceptions)
+    return isinstance(exc, (KeyboardInterrupt, trio.Cancelled))
+
+
+async def _main(ready_fd: int | None) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_serve_fuse, nursery.cancel_scope)
+        nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+        log.info("fencefs ready")
+
+
+async def _serve_fuse(scope: trio.CancelScope) -> None:
+    await pyfuse3.main()  # returns once the kernel unmounted us
+    scope.cancel()
+
+
+async def _watch_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            scope.cancel()
+            return
+
+
+def setup_logging(debug: bool, logfile: str | None = None) -> None:
+    handler: logging.Handler
+    if logfile:
+        handler = logging.FileHandler(logfile)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        logging.getLogger("pyfuse3").setLevel(logging.WARNING)

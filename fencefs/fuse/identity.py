@@ -1,0 +1,153 @@
+"""Who is calling: the identity a claim belongs to, and whether it is dying.
+
+FUSE reports the calling thread's id. The default identity is the value of
+FENCEFS_AGENT in the caller's environment when set, else the thread group
+(the process). ``/proc/TID/environ`` works for any thread of the process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+AGENT_VAR = b"FENCEFS_AGENT="
+SCOPES = ("agent", "process", "thread", "session")
+_MAX_AGENT = 256
+PF_EXITING = 0x4
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def tgid_of(tid: int) -> int:
+    status = _read(f"/proc/{tid}/status")
+    if status:
+        for line in status.splitlines():
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    return tid
+
+
+def agent_of(tid: int) -> str | None:
+    env = _read(f"/proc/{tid}/environ")
+    if not env:
+        return None
+    for item in env.split(b"\0"):
+        if item.startswith(AGENT_VAR):
+            raw = item[len(AGENT_VAR):][:_MAX_AGENT]
+            if raw:
+                return "agent:" + raw.decode("utf-8", "backslashreplace")
+    return None
+
+
+def session_of(tid: int) -> int | None:
+    stat = _read(f"/proc/{tid}/stat")
+    if not stat:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return int(fields[3])  # field 6: session id
+
+
+@dataclass(frozen=True)
+class Caller:
+    identity: str
+    pid: int  # thread group id of the caller
+
+
+class IdentityResolver:
+    """Maps a request's thread id to an identity, per the mount's scope."""
+
+    def __init__(self, scope: str = "agent") -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"identity scope must be one of {', '.join(SCOPES)}")
+        self.scope = scope
+
+    def resolve(self, tid: int) -> Caller:
+        pid = tgid_of(tid) if tid else 0
+        if self.scope == "thread":
+            return Caller(f"thread:{tid}", pid)
+        if self.scope == "agent":
+            agent = agent_of(tid)
+            if agent is not None:
+                return Caller(agent, pid)
+        if self.scope == "session":
+            sid = session_of(tid)
+            if sid is not None:
+                return Caller(f"session:{sid}", pid)
+        return Caller(f"pid:{pid}", pid)
+
+
+def dying_by_signal(pid: int) -> int | None:
+    """The signal that is killing ``pid``, or None if it is not being killed.
+
+    The kernel sends the FLUSH for a dying process's files while the process
+    still exists, with PF_EXITING set in its flags (field 9 of
+    /proc/PID/stat) and its exit code (field 52) already set: a low byte that
+    is non-zero is the terminating signal; a normal exit has status << 8.
+    """
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()
+    # fields[0] is field 3 (state); field N is fields[N - 3].
+    try:
+        flags = int(fields[9 - 3])
+        exit_code = int(fields[52 - 3])
+    except (IndexError, ValueError):
+        return None
+    if not flags & PF_EXITING:
+        return None
+    signal = exit_code & 0x7F
+    return signal or None
+
+
+def alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def holds_for_writing(pid: int, mount_id: int, ino: int) -> bool:
+    """True if process ``pid`` still has a descriptor open for writing on
+    the FUSE inode ``ino`` of mount ``mount_id``.
+
+    A FLUSH arrives for every close of every descriptor: a dup, a forked
+    child closing what it inherited (subprocess does so before exec). Only
+    the opener's last close should commit. Reads /proc/PID/fdinfo, which
+    never calls back into the filesystem.
+    """
+    base = f"/proc/{pid}/fdinfo"
+    try:
+        fds = os.listdir(base)
+    except OSError:
+        return False
+    want_mnt = f"mnt_id:\t{mount_id}".encode()
+    want_ino = f"ino:\t{ino}".encode()
+    for fd in fds:
+        info = _read(f"{base}/{fd}")
+        if not info or want_mnt not in info:
+            continue
+        lines = info.splitlines()
+        if want_ino not in lines or want_mnt not in lines:
+            continue
+        for line in lines:
+            if line.startswith(b"flags:"):
+                if int(line.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY:
+                    return True
+    return False
+
+
+def mount_id_of(mountpoint: str) -> int | None:
+    """The mount id of an absolute, resolved mount point (no stat: the mount
+    may not answer yet when this runs)."""
+    target = mountpoint
+    found = None
+    info = _read("/proc/self/mountinfo") or b""
+    for line in info.decode(errors="replace").splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
+            found = int(fields[0])
+    return found

@@ -1,0 +1,90 @@
+"""Inode numbers for paths.
+
+The kernel speaks in inode numbers; fencefs's state belongs to paths (a
+commit replaces the backing inode, the path stays). Each node is a (parent,
+name) pair, so renaming a directory moves everything below it at once. The
+lookup count follows the kernel's: counted up by lookup/create/readdirplus,
+down by forget.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import pyfuse3
+
+ROOT = pyfuse3.ROOT_INODE
+
+
+@dataclass
+class Node:
+    ino: int
+    parent: int
+    name: str
+    nlookup: int = 0
+
+
+class InodeTable:
+    def __init__(self) -> None:
+        self._next = itertools.count(ROOT + 1)
+        self._by_ino: dict[int, Node] = {ROOT: Node(ROOT, ROOT, "", 1)}
+        self._by_key: dict[tuple[int, str], Node] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_ino)
+
+    def node(self, ino: int) -> Node:
+        try:
+            return self._by_ino[ino]
+        except KeyError:
+            raise pyfuse3.FUSEError(116) from None  # ESTALE: inode forgotten
+
+    def path(self, ino: int) -> str:
+        """The path of ``ino`` relative to the backing root ('' for root)."""
+        parts = []
+        node = self.node(ino)
+        while node.ino != ROOT:
+            parts.append(node.name)
+            node = self._by_ino[node.parent]
+        return "/".join(reversed(parts))
+
+    def child_path(self, parent: int, name: str) -> str:
+        base = self.path(parent)
+        return f"{base}/{name}" if base else name
+
+    def find(self, parent: int, name: str) -> Node | None:
+        return self._by_key.get((parent, name))
+
+    def remember(self, parent: int, name: str) -> Node:
+        """The node for (parent, name), its lookup count up by one."""
+        node = self._by_key.get((parent, name))
+        if node is None:
+            node = Node(next(self._next), parent, name)
+            self._by_ino[node.ino] = node
+            self._by_key[(parent, name)] = node
+        node.nlookup += 1
+        return node
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self._by_ino.get(ino)
+        if node is None or ino == ROOT:
+            return
+        node.nlookup -= count
+        if node.nlookup <= 0:
+            del self._by_ino[ino]
+            if self._by_key.get((node.parent, node.name)) is node:
+                del self._by_key[(node.parent, node.name)]
+
+    def unlinked(self, parent: int, name: str) -> None:
+        """The entry is gone; a still-known node keeps its number, detached."""
+        node = self._by_key.pop((parent, name), None)
+        if node is not None:
+            node.name = f"{name}\0deleted{node.ino}"
+
+    def moved(self, parent: int, name: str, new_parent: int, new_name: str) -> None:
+        self.unlinked(new_parent, new_name)
+        node = self._by_key.pop((parent, name), None)
+        if node is not None:
+            node.parent, node.name = new_parent, new_name
+            self._by_key[(new_parent, new_name)] = node

@@ -1,0 +1,896 @@
+"""FenceOperations: the pyfuse3 handlers.
+
+Thin by design: each handler resolves inode numbers to paths, asks the core
+(``fencefs.core``) to decide and the store (``fencefs.store``) to act, and
+lets ``fuse.boundary`` turn errors into errnos.
+
+The one rule that matters under trio: code between two awaits is atomic.
+Every check-and-install (``_commit``, ``_commit_path``, ``_reclaim``) runs the
+core's check and the store's rename with no await in between. Slow work
+(copying, fsync of a draft) happens before the check, on a worker thread, and
+the check is made afresh after it.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from fencefs.core import Claim, Coordinator, FenceError, FileState, Persisted
+from fencefs.core.model import OPTIMISTIC
+from fencefs.fuse import control
+from fencefs.fuse.boundary import error_boundary
+from fencefs.fuse.identity import Caller, IdentityResolver, dying_by_signal, holds_for_writing
+from fencefs.fuse.inodes import ROOT, InodeTable
+from fencefs.store.backing import META_DIR, Backing, Fingerprint
+from fencefs.store.drafts import Draft, Drafts, close_quietly, copy_content
+from fencefs.store.journal import Journal
+
+log = logging.getLogger("fencefs.fuse")
+
+# Shown through the mount, read-only; the rest of .fencefs/ is hidden.
+_META_VISIBLE = {"journal.jsonl", "rejected"}
+# Copies bigger than this run on a worker thread.
+_BIG = 1 << 20
+_ATTR_TIMEOUT_DIR = 1.0
+_ENTRY_TIMEOUT = 1.0
+
+
+@dataclass
+class Handle:
+    fh: int
+    path: str
+    ino: int
+    caller: Caller
+    tid: int
+    # Read side: the committed content this handle serves (an immutable inode).
+    base_fd: int | None = None
+    # Write side.
+    claim: Claim | None = None
+    draft: Draft | None = None
+    dirty: bool = False
+    append_at: int = 0
+    # Opened with O_TRUNC and not written since: a shell's dup2-then-close
+    # must not commit an empty file in the middle of a redirection.
+    truncate_only: bool = False
+    error: int | None = None
+    meta: bool = False
+    served: tuple[int, int] | None = None  # (version, epoch) of base_fd
+
+    @property
+    def writable(self) -> bool:
+        return self.claim is not None
+
+
+@error_boundary
+class FenceOperations(pyfuse3.Operations):
+    enable_writeback_cache = False  # writes must never arrive after flush
+
+    def __init__(
+        self,
+        backing_root: str,
+        *,
+        durable: bool = True,
+        scope: str = "agent",
+    ) -> None:
+        super().__init__()
+        self.backing = Backing(backing_root)
+        self.drafts = Drafts(self.backing)
+        self.journal = Journal(os.path.join(self.backing.meta, "journal.jsonl"))
+        self.core = Coordinator()
+        self.inodes = InodeTable()
+        self.ids = IdentityResolver(scope)
+        self.durable = durable
+        # Set once mounted: lets flush tell the opener's last close from others.
+        self.mount_id: int | None = None
+        self.handles: dict[int, Handle] = {}
+        self._fh = itertools.count(1)
+        # Open directory handles: the directory's inode and a sorted snapshot.
+        self._dirs: dict[int, tuple[int, list[tuple[str, os.stat_result]]]] = {}
+        # Last content fingerprint fencefs itself produced or adopted, per path.
+        self._fingerprints: dict[str, Fingerprint] = {}
+        # Versions and epochs of unlinked paths: a recreated file continues them.
+        self._tombstones: dict[str, tuple[int, int]] = {}
+
+    # -- start-up ------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Put drafts orphaned by a crash away as abandoned writes."""
+        count = 0
+        for path, meta in self.drafts.orphans():
+            target = str(meta.get("path", "?"))
+            identity = str(meta.get("identity", "?"))
+            name = self.drafts.put_away(path, target, identity, "abandoned")
+            self.journal.record("abandoned", target, identity=identity,
+                                pid=meta.get("pid"), rejected=name, reason="daemon-restart")
+            count += 1
+        if count:
+            self.journal.sync()
+        return count
+
+    # -- helpers -------------------------------------------------------------
+
+    @staticmethod
+    def _is_meta(rel: str) -> bool:
+        return rel == META_DIR or rel.startswith(META_DIR + "/")
+
+    @staticmethod
+    def _is_hidden(rel: str) -> bool:
+        if not rel.startswith(META_DIR + "/"):
+            return False
+        return rel[len(META_DIR) + 1:].split("/", 1)[0] not in _META_VISIBLE
+
+    def _refuse_meta(self, rel: str) -> None:
+        if self._is_meta(rel):
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _attrs(self, ino: int, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        for name in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
+                     "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
+            setattr(a, name, getattr(st, name))
+        a.st_ino = ino
+        a.generation = 0
+        a.entry_timeout = _ENTRY_TIMEOUT
+        # Regular files: no attribute caching, so that a draft's size that the
+        # kernel learnt from a direct write never reaches another reader, and
+        # a commit's new size is seen at once.
+        a.attr_timeout = 0 if stat.S_ISREG(st.st_mode) else _ATTR_TIMEOUT_DIR
+        return a
+
+    def _lstat(self, rel: str) -> os.stat_result:
+        try:
+            return self.backing.lstat(rel)
+        except FileNotFoundError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    def _file(self, rel: str, st: os.stat_result) -> FileState:
+        """The coordination state of a regular file, noticing foreign writes."""
+        fp = Fingerprint.of(st)
+        file = self.core.get(rel)
+        if file is None:
+            persisted, saved = self.backing.read_state(rel)
+            tomb = self._tombstones.pop(rel, None)
+            if tomb is not None and saved is None:
+                persisted = Persisted(tomb[0], tomb[1])
+            file = self.core.adopt(rel, persisted)
+            if saved is not None and saved != fp:
+                self._adopt_foreign(file, fp)
+            self._fingerprints[rel] = fp
+        elif self._fingerprints.get(rel) != fp:
+            self._adopt_foreign(file, fp)
+            self._fingerprints[rel] = fp
+        return file
+
+    def _adopt_foreign(self, file: FileState, fp: Fingerprint) -> None:
+        old = file.version
+
+        def persist(version: int, epoch: int) -> None:
+            self.backing.write_state(file.path, Persisted(version, epoch, file.policy),
+                                     durable=False)
+
+        try:
+            new = self.core.adopt_foreign(file.path, persist)
+        except OSError as e:  # e.g. the file vanished again: adopt in memory
+            log.warning("could not persist foreign write on %s: %s", file.path, e)
+            file.version += 1
+            new = file.version
+        self.journal.record("foreign", file.path, version=old, new_version=new,
+                            epoch=file.epoch, size=fp.size)
+
+    def _child(self, parent: int, name: bytes) -> str:
+        text = os.fsdecode(name)
+        if "/" in text or text in (".", ".."):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return self.inodes.child_path(parent, text)
+
+    def _journal(self, event: str, claim: Claim | None, file: FileState | None,
+                 **fields: object) -> None:
+        info: dict[str, object] = {}
+        if claim is not None:
+            info.update(identity=claim.identity, pid=claim.pid,
+                        version=claim.version, epoch=claim.epoch)
+        if file is not None:
+            info.update(current_version=file.version, current_epoch=file.epoch)
+        info.update(fields)
+        path = claim.path if claim is not None else (file.path if file else "?")
+        self.journal.record(event, path, **info)
+
+    async def _sync_journal(self) -> None:
+        if self.durable:
+            await trio.to_thread.run_sync(self.journal.sync)
+
+    # -- lookups and attributes ---------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            ino = parent_inode
+            st = self._lstat(self.inodes.path(ino))
+            self.inodes.node(ino).nlookup += 1
+            return self._attrs(ino, st)
+        if name == b"..":
+            ino = self.inodes.node(parent_inode).parent
+            st = self._lstat(self.inodes.path(ino))
+            self.inodes.node(ino).nlookup += 1
+            return self._attrs(ino, st)
+        rel = self._child(parent_inode, name)
+        if self._is_hidden(rel):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        st = self._lstat(rel)
+        if stat.S_ISREG(st.st_mode) and not self._is_meta(rel):
+            self._file(rel, st)
+        node = self.inodes.remember(parent_inode, os.fsdecode(name))
+        return self._attrs(node.ino, st)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
+                      ) -> pyfuse3.EntryAttributes:
+        rel = self.inodes.path(inode)
+        st = self._lstat(rel)
+        if stat.S_ISREG(st.st_mode) and not self._is_meta(rel):
+            self._file(rel, st)
+        return self._attrs(inode, st)
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        rel = self.inodes.path(inode)
+        self._refuse_meta(rel)
+        path = self.backing.abs(rel)
+        if fields.update_size:
+            handle = self.handles.get(fh) if fh is not None else None
+            if handle is not None and handle.writable:
+                await self._truncate_draft(handle, attr.st_size)
+            else:
+                await self._truncate_path(rel, attr.st_size, ctx)
+        if fields.update_mode:
+            os.chmod(path, stat.S_IMODE(attr.st_mode), follow_symlinks=False)
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            os.chown(path, uid, gid, follow_symlinks=False)
+        if fields.update_atime or fields.update_mtime:
+            st = self._lstat(rel)
+            atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+            mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+            self._refresh_fingerprint(rel)
+        return self._attrs(inode, self._lstat(rel))
+
+    def _refresh_fingerprint(self, rel: str) -> None:
+        """Our own metadata change moved the mtime: not a foreign write."""
+        file = self.core.get(rel)
+        if file is None or not self.backing.is_regular(rel):
+            return
+        fp = self.backing.write_state(
+            rel, Persisted(file.version, file.epoch, file.policy), durable=False)
+        self._fingerprints[rel] = fp
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        rel = self.inodes.path(inode)
+        target = os.readlink(self.backing.abs(rel))
+        if not self._stays_inside(rel, target):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        return os.fsencode(target)
+
+    @staticmethod
+    def _stays_inside(link_rel: str, target: str) -> bool:
+        """True if a symlink at ``link_rel`` to ``target`` stays in BACKING."""
+        if target.startswith("/") or not target:
+            return False
+        depth = link_rel.count("/")  # directories above the link
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            depth += -1 if part == ".." else 1
+            if depth < 0:
+                return False
+        return True
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        sv = os.statvfs(self.backing.root)
+        data = pyfuse3.StatvfsData()
+        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                     "f_files", "f_ffree", "f_favail", "f_namemax"):
+            setattr(data, name, getattr(sv, name))
+        return data
+
+    # -- directories ---------------------------------------------------------
+
+    def _own(self, path: str, ctx: pyfuse3.RequestContext) -> None:
+        if os.geteuid() == 0:
+            os.chown(path, ctx.uid, ctx.gid, follow_symlinks=False)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        rel = self._child(parent_inode, name)
+        self._refuse_meta(rel)
+        path = self.backing.abs(rel)
+        os.mkdir(path, stat.S_IMODE(mode) & ~ctx.umask)
+        self._own(path, ctx)
+        node = self.inodes.remember(parent_inode, os.fsdecode(name))
+        return self._attrs(node.ino, self._lstat(rel))
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        rel = self._child(parent_inode, name)
+        self._refuse_meta(rel)
+        os.rmdir(self.backing.abs(rel))
+        self.inodes.unlinked(parent_inode, os.fsdecode(name))
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        rel = self._child(parent_inode, name)
+        self._refuse_meta(rel)
+        text = os.fsdecode(target)
+        if not self._stays_inside(rel, text):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        path = self.backing.abs(rel)
+        os.symlink(text, path)
+        self._own(path, ctx)
+        node = self.inodes.remember(parent_inode, os.fsdecode(name))
+        return self._attrs(node.ino, self._lstat(rel))
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        # Two paths sharing one content would share one version under two
+        # claims tables: refused, with the errno link(2) uses for "not here".
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        rel = self.inodes.path(inode)
+        entries = []
+        with os.scandir(self.backing.abs(rel)) as it:
+            for entry in it:
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                if self._is_hidden(child):
+                    continue
+                try:
+                    entries.append((entry.name, entry.stat(follow_symlinks=False)))
+                except FileNotFoundError:
+                    continue
+        entries.sort(key=lambda e: e[0])
+        fh = next(self._fh)
+        self._dirs[fh] = (inode, entries)
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        inode, entries = self._dirs[fh]
+        # Offsets are indexes into the snapshot taken at opendir: stable.
+        for index in range(start_id, len(entries)):
+            name, st = entries[index]
+            node = self.inodes.remember(inode, name)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name),
+                                         self._attrs(node.ino, st), index + 1):
+                self.inodes.forget(node.ino, 1)
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        inode, _ = self._dirs[fh]
+        self.backing.sync_dir(self.inodes.path(inode))
+
+    # -- unlink and rename: path commits -------------------------------------
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        rel = self._child(parent_inode, name)
+        self._refuse_meta(rel)
+        st = self._lstat(rel)
+        if not stat.S_ISREG(st.st_mode):
+            os.unlink(self.backing.abs(rel))
+            self.inodes.unlinked(parent_inode, os.fsdecode(name))
+            return
+        file = self._file(rel, st)
+        caller = self.ids.resolve(ctx.pid)
+
+        def install(version: int, epoch: int) -> None:
+            os.unlink(self.backing.abs(rel))
+
+        self._commit_path(file, caller, install, "unlink")
+        gone = self.core.removed(rel)
+        if gone is not None:
+            self._tombstones[rel] = (gone.version, gone.epoch)
+        self._fingerprints.pop(rel, None)
+        self.inodes.unlinked(parent_inode, os.fsdecode(name))
+        await self._durable_dir(os.path.dirname(rel))
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        old = self._child(parent_inode_old, name_old)
+        new = self._child(parent_inode_new, name_new)
+        self._refuse_meta(old)
+        self._refuse_meta(new)
+        if flags & ~pyfuse3.RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE: see docs
+        src_st = self._lstat(old)
+        try:
+            dst_st: os.stat_result | None = self.backing.lstat(new)
+        except FileNotFoundError:
+            dst_st = None
+        if dst_st is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        old_abs, new_abs = self.backing.abs(old), self.backing.abs(new)
+        if (dst_st is not None and stat.S_ISREG(dst_st.st_mode)
+                and stat.S_ISREG(src_st.st_mode)):
+            # Renaming over a file is a commit of that file.
+            target = self._file(new, dst_st)
+            caller = self.ids.resolve(ctx.pid)
+            installed: list[Fingerprint] = []
+
+            def install(version: int, epoch: int) -> None:
+                fp = self.backing.write_state(
+                    old, Persisted(version, epoch, target.policy), durable=False)
+                os.rename(old_abs, new_abs)
+                installed.append(fp)
+
+            self._commit_path(target, caller, install, "rename", source=old)
+            self._fingerprints[new] = installed[0]
+            self._fingerprints.pop(old, None)
+            self.core.removed(old)
+        else:
+            os.rename(old_abs, new_abs)
+            if dst_st is not None:
+                self.core.removed(new)
+            self.core.moved(old, new)
+            for path in [p for p in self._fingerprints if p == old or p.startswith(old + "/")]:
+                self._fingerprints[new + path[len(old):]] = self._fingerprints.pop(path)
+        self.inodes.moved(parent_inode_old, os.fsdecode(name_old),
+                          parent_inode_new, os.fsdecode(name_new))
+        for handle in self.handles.values():
+            if handle.path == old or handle.path.startswith(old + "/"):
+                handle.path = new + handle.path[len(old):]
+                if handle.draft is not None:
+                    handle.draft.target = handle.path
+        await self._durable_dir(os.path.dirname(new))
+
+    def _commit_path(self, file: FileState, caller: Caller,
+                     install: Callable[[int, int], None], event: str, **fields: object) -> int:
+        """Check-and-install of a path operation. No await in here (G3)."""
+        try:
+            version = self.core.commit_path(file.path, caller.identity, caller.pid, install)
+        except FenceError as e:
+            self.journal.record(e.reason, file.path, identity=caller.identity,
+                                pid=caller.pid, op=event, version=e.rested_version,
+                                epoch=e.rested_epoch, current_version=e.current_version,
+                                current_epoch=e.current_epoch)
+            raise
+        self.journal.record("commit", file.path, identity=caller.identity, pid=caller.pid,
+                            op=event, new_version=version, epoch=file.epoch, **fields)
+        return version
+
+    async def _durable_dir(self, rel_dir: str) -> None:
+        if self.durable:
+            await trio.to_thread.run_sync(self._sync_dir_and_journal, rel_dir)
+
+    def _sync_dir_and_journal(self, rel_dir: str) -> None:
+        self.backing.sync_dir(rel_dir)
+        self.journal.sync()
+
+    # -- truncate --------------------------------------------------------------
+
+    async def _truncate_draft(self, handle: Handle, size: int) -> None:
+        self._check_live(handle)
+        if handle.draft is None:
+            await self._make_draft(handle, copy=size > 0)
+        assert handle.draft is not None
+        os.ftruncate(handle.draft.fd, size)
+        handle.dirty, handle.truncate_only = True, False
+
+    async def _truncate_path(self, rel: str, size: int, ctx: pyfuse3.RequestContext) -> None:
+        st = self._lstat(rel)
+        if not stat.S_ISREG(st.st_mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        file = self._file(rel, st)
+        caller = self.ids.resolve(ctx.pid)
+        src = os.open(self.backing.abs(rel), os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            draft = self.drafts.create(rel, caller.identity, caller.pid,
+                                       src if size > 0 else None)
+        finally:
+            os.close(src)
+        os.ftruncate(draft.fd, size)
+
+        def install(version: int, epoch: int) -> None:
+            self.drafts.prepare(draft, Persisted(version, epoch, file.policy),
+                                durable=self.durable)
+            self.drafts.install(draft)
+
+        try:
+            self._commit_path(file, caller, install, "truncate", size=size)
+        except FenceError as e:
+            name = self.drafts.reject(draft, caller.identity, e.reason)
+            self.journal.record("rejected", rel, identity=caller.identity, rejected=name)
+            raise
+        except BaseException:
+            self.drafts.discard(draft)
+            raise
+        self._fingerprints[rel] = Fingerprint.of(os.fstat(draft.fd))
+        close_quietly(draft.fd)
+        await self._durable_dir(os.path.dirname(rel))
+
+    # -- open, create, read, write ---------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        rel = self.inodes.path(inode)
+        writing = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        if self._is_meta(rel):
+            if writing or flags & os.O_TRUNC:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            fd = os.open(self.backing.abs(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            handle = Handle(next(self._fh), rel, inode, Caller("meta", ctx.pid), ctx.pid,
+                            base_fd=fd, meta=True)
+            self.handles[handle.fh] = handle
+            return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
+        caller = self.ids.resolve(ctx.pid)
+        st = self._lstat(rel)
+        if not stat.S_ISREG(st.st_mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        file = self._file(rel, st)
+        handle = Handle(next(self._fh), rel, inode, caller, ctx.pid)
+        truncating = bool(flags & os.O_TRUNC)
+        append = bool(flags & os.O_APPEND)
+        if writing:
+            try:
+                handle.claim = self.core.open_write(
+                    rel, caller.identity, caller.pid, rewrite=truncating, append=append)
+            except FenceError as e:
+                self.journal.record(e.reason, rel, identity=caller.identity, pid=caller.pid,
+                                    op="open", version=e.rested_version, epoch=e.rested_epoch,
+                                    current_version=e.current_version,
+                                    current_epoch=e.current_epoch)
+                raise
+        if not truncating:
+            handle.base_fd = os.open(self.backing.abs(rel),
+                                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            handle.served = (file.version, file.epoch)
+        if writing and truncating:
+            handle.draft = self.drafts.create(rel, caller.identity, caller.pid, None)
+            handle.dirty = handle.truncate_only = True
+        self.handles[handle.fh] = handle
+        # direct_io: no page cache, so a draft's bytes never reach other readers
+        # and every reader gets the committed version its handle opened.
+        return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        rel = self._child(parent_inode, name)
+        self._refuse_meta(rel)
+        path = self.backing.abs(rel)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     stat.S_IMODE(mode) & ~ctx.umask)
+        os.close(fd)
+        self._own(path, ctx)
+        st = self._lstat(rel)
+        file = self._file(rel, st)
+        caller = self.ids.resolve(ctx.pid)
+        handle = Handle(next(self._fh), rel, 0, caller, ctx.pid)
+        handle.claim = self.core.open_write(rel, caller.identity, caller.pid, rewrite=False,
+                                            append=bool(flags & os.O_APPEND))
+        handle.base_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        handle.served = (file.version, file.epoch)
+        node = self.inodes.remember(parent_inode, os.fsdecode(name))
+        handle.ino = node.ino
+        self.handles[handle.fh] = handle
+        info = pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
+        return info, self._attrs(node.ino, st)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self.handles[fh]
+        if handle.error is not None:
+            raise pyfuse3.FUSEError(handle.error)
+        if handle.draft is not None and not (handle.claim and handle.claim.append):
+            return os.pread(handle.draft.fd, size, off)
+        if handle.base_fd is None:
+            return b""
+        data = os.pread(handle.base_fd, size, off)
+        if handle.served is not None and not handle.meta and not handle.dirty:
+            version, epoch = handle.served
+            if self.core.get(handle.path) is not None:
+                self.core.observe(handle.path, handle.caller.identity, handle.caller.pid,
+                                  version, epoch)
+        return data
+
+    def _check_live(self, handle: Handle) -> None:
+        """The earliest error: a write on a handle that can no longer commit."""
+        if handle.error is not None:
+            raise pyfuse3.FUSEError(handle.error)
+        if handle.claim is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        try:
+            self.core.check(handle.claim)
+        except FenceError as e:
+            self._reject(handle, e, op="write")
+            raise
+
+    async def _make_draft(self, handle: Handle, *, copy: bool) -> None:
+        source = handle.base_fd if copy and not (handle.claim and handle.claim.append) else None
+        caller = handle.caller
+        if source is not None and os.fstat(source).st_size > _BIG:
+            draft = await trio.to_thread.run_sync(
+                self.drafts.create, handle.path, caller.identity, caller.pid, source)
+        else:
+            draft = self.drafts.create(handle.path, caller.identity, caller.pid, source)
+        if handle.draft is not None:  # another request of this handle made one meanwhile
+            self.drafts.discard(draft)
+            return
+        handle.draft = draft
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self.handles[fh]
+        self._check_live(handle)
+        if handle.draft is None:
+            await self._make_draft(handle, copy=True)
+            self._check_live(handle)
+        assert handle.draft is not None and handle.claim is not None
+        if handle.claim.append:
+            # Appends land after whatever is current at commit: keep them in order.
+            written = os.pwrite(handle.draft.fd, buf, handle.append_at)
+            handle.append_at += written
+        else:
+            written = os.pwrite(handle.draft.fd, buf, off)
+        handle.dirty, handle.truncate_only = True, False
+        return written
+
+    # -- commit ----------------------------------------------------------------
+
+    async def flush(self, fh: int) -> None:
+        handle = self.handles.get(fh)
+        if handle is None or handle.meta:
+            return
+        if handle.error is not None:
+            raise pyfuse3.FUSEError(handle.error)
+        if not handle.writable or not handle.dirty or handle.truncate_only:
+            return  # a bare O_TRUNC commits at release, see Handle.truncate_only
+        signal = dying_by_signal(handle.tid)
+        if signal is None and handle.caller.pid != handle.tid:
+            signal = dying_by_signal(handle.caller.pid)
+        if signal is not None:
+            # G7: the kernel flushes a killed process's files; that is no commit.
+            self._reject(handle, None, op="flush", reason="killed", signal=signal)
+            raise pyfuse3.FUSEError(errno.EINTR)
+        if self.mount_id is not None and holds_for_writing(
+                handle.caller.pid, self.mount_id, handle.ino):
+            # A dup or a forked child closed its copy; the opener still
+            # writes through its own. Its last close (or fsync) commits.
+            return
+        await self._commit(handle)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self.handles.get(fh)
+        if handle is None or handle.meta:
+            return
+        if handle.error is not None:
+            raise pyfuse3.FUSEError(handle.error)
+        if handle.writable and handle.dirty:
+            await self._commit(handle)
+
+    async def _commit(self, handle: Handle) -> None:
+        claim = handle.claim
+        assert claim is not None
+        self._check_live(handle)
+        if handle.draft is None:
+            await self._make_draft(handle, copy=False)
+            self._check_live(handle)
+        if claim.append:
+            await self._commit_append(handle)
+            return
+        draft = handle.draft
+        assert draft is not None
+        file = self.core.get(handle.path)
+        assert file is not None
+        predicted = Persisted(claim.version + 1, claim.epoch, file.policy)
+        # Slow part first, off the event loop: the draft gets the state it
+        # will commit as, and reaches the disk.
+        await trio.to_thread.run_sync(
+            lambda: self.drafts.prepare(draft, predicted, durable=self.durable))
+
+        # ---- atomic: from the check to the rename, no await (G3) ----
+        def install(version: int, epoch: int) -> None:
+            if (version, epoch, file.policy) != (predicted.version, predicted.epoch,
+                                                 predicted.policy):
+                self.drafts.prepare(draft, Persisted(version, epoch, file.policy),
+                                    durable=self.durable)
+            self.drafts.install(draft)
+
+        before = (claim.version, claim.epoch)
+        try:
+            version = self.core.commit(claim, install)
+        except FenceError as e:
+            self._reject(handle, e, op="commit")
+            raise
+        self._fingerprints[handle.path] = Fingerprint.of(os.fstat(draft.fd))
+        # ---- end of the atomic step ----
+        # The draft is now the committed content this handle reads.
+        if handle.base_fd is not None:
+            close_quietly(handle.base_fd)
+        handle.base_fd, handle.draft, handle.dirty = draft.fd, None, False
+        handle.truncate_only = False
+        handle.served = (version, file.epoch)
+        self.journal.record("commit", handle.path, identity=claim.identity, pid=claim.pid,
+                            version=before[0], epoch=before[1], new_version=version)
+        await self._durable_dir(os.path.dirname(handle.path))
+
+    async def _commit_append(self, handle: Handle) -> None:
+        """Append: the draft's bytes go after whatever content is current."""
+        claim = handle.claim
+        appended = handle.draft
+        assert claim is not None and appended is not None
+        rel = handle.path
+        for _attempt in range(8):
+            file = self.core.get(rel)
+            assert file is not None
+            seen = file.version
+            combined = await trio.to_thread.run_sync(
+                self._build_append, rel, appended, handle.caller,
+                Persisted(seen + 1, claim.epoch, file.policy))
+            # ---- atomic ----
+            if file.version != seen or self.core.get(rel) is not file:
+                self.drafts.discard(combined)  # someone committed meanwhile: rebuild
+                continue
+            try:
+                version = self.core.commit(claim, lambda v, e: self.drafts.install(combined))
+            except FenceError as e:
+                self.drafts.discard(combined)
+                self._reject(handle, e, op="append")
+                raise
+            self._fingerprints[rel] = Fingerprint.of(os.fstat(combined.fd))
+            # ---- end ----
+            close_quietly(combined.fd)
+            self.drafts.discard(appended)
+            self.journal.record("commit", rel, identity=claim.identity, pid=claim.pid,
+                                version=seen, epoch=claim.epoch, new_version=version,
+                                op="append", size=handle.append_at)
+            handle.draft, handle.dirty, handle.append_at = None, False, 0
+            await self._durable_dir(os.path.dirname(rel))
+            return
+        raise pyfuse3.FUSEError(errno.EAGAIN)
+
+    def _build_append(self, rel: str, appended: Draft, caller: Caller,
+                      persisted: Persisted) -> Draft:
+        src = os.open(self.backing.abs(rel), os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            combined = self.drafts.create(rel, caller.identity, caller.pid, src)
+        finally:
+            os.close(src)
+        end = os.fstat(combined.fd).st_size
+        offset = 0
+        while True:
+            chunk = os.pread(appended.fd, 1 << 20, offset)
+            if not chunk:
+                break
+            os.pwrite(combined.fd, chunk, end + offset)
+            offset += len(chunk)
+        self.drafts.prepare(combined, persisted, durable=self.durable)
+        return combined
+
+    def _reject(self, handle: Handle, error: FenceError | None, *, op: str,
+                reason: str | None = None, **fields: object) -> None:
+        """Keep a refused handle's bytes under rejected/ and journal why."""
+        reason = reason or (error.reason if error else "rejected")
+        name = None
+        if handle.draft is not None:
+            try:
+                name = self.drafts.reject(handle.draft, handle.caller.identity, reason)
+            except OSError as e:
+                log.error("could not keep rejected draft of %s: %s", handle.path, e)
+                self.drafts.discard(handle.draft)
+            handle.draft = None
+        handle.dirty = handle.truncate_only = False
+        handle.error = error.errno if error else errno.EINTR
+        file = self.core.get(handle.path)
+        self._journal(reason, handle.claim, file, op=op, rejected=name, **fields)
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if handle is None:
+            return
+        if handle.dirty and handle.error is None and handle.claim is not None:
+            # Left dirty by a deferred flush (a dup's close, or `: > file`,
+            # see flush): commit now. Errors cannot reach the caller from
+            # release: a refusal is journaled and the bytes kept, as always.
+            try:
+                await self._commit(handle)
+            except (FenceError, pyfuse3.FUSEError, OSError) as e:
+                log.info("commit of %s at release refused: %s", handle.path, e)
+        if handle.dirty and handle.draft is not None:
+            self._reject(handle, None, op="release", reason="abandoned")
+        if handle.claim is not None:
+            self.core.release(handle.claim)
+        if handle.draft is not None:
+            self.drafts.discard(handle.draft)
+        if handle.base_fd is not None:
+            close_quietly(handle.base_fd)
+
+    # -- extended attributes: claim state and control ----------------------------
+
+    def _regular_state(self, inode: int) -> tuple[str, FileState | None]:
+        rel = self.inodes.path(inode)
+        st = self._lstat(rel)
+        if not stat.S_ISREG(st.st_mode) or self._is_meta(rel):
+            return rel, None
+        return rel, self._file(rel, st)
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        text = os.fsdecode(name)
+        if inode == ROOT and text == control.STATUS:
+            return control.status_of(self.core.files(), time.monotonic())
+        rel, file = self._regular_state(inode)
+        if control.is_control(text):
+            if file is None or text not in control.READABLE:
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            caller = self.ids.resolve(ctx.pid)
+            return control.value_of(text, file, caller.identity, time.monotonic())
+        return os.getxattr(self.backing.abs(rel), name, follow_symlinks=False)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        rel, file = self._regular_state(inode)
+        names = [os.fsencode(n) for n in os.listxattr(self.backing.abs(rel),
+                                                       follow_symlinks=False)
+                 if not control.is_control(n)]
+        if file is not None:
+            names += [n.encode() for n in control.READABLE]
+        return names
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        text = os.fsdecode(name)
+        rel, file = self._regular_state(inode)
+        if not control.is_control(text):
+            self._refuse_meta(rel)
+            os.setxattr(self.backing.abs(rel), name, value, follow_symlinks=False)
+            return
+        if file is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        caller = self.ids.resolve(ctx.pid)
+        if text == control.RECLAIM:
+            control.parse_reclaim(value)
+            await self._reclaim(file, caller, reason="operator")
+        elif text == control.POLICY:
+            policy = control.parse_policy(value)
+            if policy != OPTIMISTIC:
+                # Only the optimistic policy is implemented so far.
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            self.core.set_policy(rel, policy, lambda p: self.backing.write_state(
+                rel, Persisted(file.version, file.epoch, p), durable=self.durable))
+        else:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        text = os.fsdecode(name)
+        rel = self.inodes.path(inode)
+        if control.is_control(text):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        self._refuse_meta(rel)
+        os.removexattr(self.backing.abs(rel), name, follow_symlinks=False)
+
+    async def _reclaim(self, file: FileState, caller: Caller, *, reason: str) -> int:
+        """Reclaim: the new epoch is on disk before anyone can observe it."""
+        before = file.epoch
+
+        def persist(epoch: int) -> None:
+            fp = self.backing.write_state(file.path,
+                                          Persisted(file.version, epoch, file.policy),
+                                          durable=self.durable)
+            self._fingerprints[file.path] = fp
+
+        epoch = self.core.reclaim(file.path, persist)
+        self.journal.record("reclaim", file.path, identity=caller.identity, pid=caller.pid,
+                            version=file.version, epoch=before, new_epoch=epoch,
+                            reason=reason, revoked=len(file.writers))
+        await self._sync_journal()
+        return epoch

@@ -1,0 +1,1 @@
+"""The store: the backing directory, drafts, rejected writes, the journal."""

@@ -1,0 +1,128 @@
+"""The backing directory: paths, stat, and the state persisted with content.
+
+Every regular file's (version, epoch, policy) lives in one extended
+attribute of the backing file itself, next to a fingerprint of the content it
+belongs to (inode, size, mtime). A commit writes that attribute onto the
+draft *before* the draft is renamed over the file, so a crash can never pair
+new bytes with an old version. A backing file whose fingerprint no longer
+matches was changed behind fencefs's back (a foreign write).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from dataclasses import dataclass
+
+from fencefs.core.errors import BadValue
+from fencefs.core.model import OPTIMISTIC, POLICIES, Persisted
+
+STATE_XATTR = "user.fencefs.state"
+META_DIR = ".fencefs"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Fingerprint:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def encode_state(persisted: Persisted, fp: Fingerprint) -> bytes:
+    return json.dumps(
+        {
+            "v": persisted.version,
+            "e": persisted.epoch,
+            "p": persisted.policy,
+            "ino": fp.ino,
+            "size": fp.size,
+            "mtime": fp.mtime_ns,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_state(raw: bytes) -> tuple[Persisted, Fingerprint | None]:
+    """Parse the state attribute; garbage reads as a foreign file at v0."""
+    try:
+        d = json.loads(raw)
+        version, epoch, policy = int(d["v"]), int(d["e"]), str(d.get("p", OPTIMISTIC))
+        if version < 0 or epoch < 0 or policy not in POLICIES:
+            raise BadValue(policy)
+        fp = Fingerprint(int(d["ino"]), int(d["size"]), int(d["mtime"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return Persisted(0, 0), None
+    return Persisted(version, epoch, policy), fp
+
+
+class Backing:
+    """Path arithmetic and metadata access inside the backing directory."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+        self.meta = os.path.join(self.root, META_DIR)
+
+    def abs(self, rel: str) -> str:
+        # rel is built from names the kernel handed us: no '/', never '..'.
+        return os.path.join(self.root, rel) if rel else self.root
+
+    def lstat(self, rel: str) -> os.stat_result:
+        return os.lstat(self.abs(rel))
+
+    def read_state(self, rel: str) -> tuple[Persisted, Fingerprint | None]:
+        try:
+            raw = os.getxattr(self.abs(rel), STATE_XATTR, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.ENODATA, errno.ENOTSUP):
+                return Persisted(0, 0), None
+            raise
+        return decode_state(raw)
+
+    def write_state(self, rel: str, persisted: Persisted, *, durable: bool) -> Fingerprint:
+        """Persist state for the content currently in the backing file."""
+        path = self.abs(rel)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fp = Fingerprint.of(os.fstat(fd))
+            os.setxattr(fd, STATE_XATTR, encode_state(persisted, fp))
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if durable:
+            self.sync_dir(os.path.dirname(rel))
+        return fp
+
+    def sync_dir(self, rel_dir: str) -> None:
+        fd = os.open(self.abs(rel_dir), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def is_regular(self, rel: str) -> bool:
+        try:
+            return stat.S_ISREG(self.lstat(rel).st_mode)
+        except FileNotFoundError:
+            return False
+
+
+def check_xattr_support(root: str) -> None:
+    """Raise OSError with a clear message if ``root`` lacks user xattrs."""
+    probe = os.path.join(root, ".fencefs-xattr-probe")
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.setxattr(fd, "user.fencefs.probe", b"1")
+    except OSError as e:
+        raise OSError(
+            e.errno, f"backing directory {root} has no user xattr support ({e.strerror})"
+        ) from None
+    finally:
+        os.close(fd)
+        os.unlink(probe)

@@ -1,0 +1,203 @@
+"""Drafts: the private copy-on-write content of a write handle.
+
+A draft lives in ``.fencefs/drafts/`` of the backing directory (the same
+filesystem as the files, so installing it is one atomic rename). It carries
+the target path in an attribute, so that drafts orphaned by a crash can be
+put away as abandoned writes at the next mount. A rejected draft is renamed
+into ``.fencefs/rejected/`` under a name that tells file, time, reason and
+identity.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from fencefs.core.model import Persisted
+from fencefs.store.backing import STATE_XATTR, Backing, Fingerprint, encode_state
+
+DRAFT_XATTR = "user.fencefs.draft"
+FICLONE = 0x40049409
+_MAX_NAME = 255
+
+
+@dataclass
+class Draft:
+    path: str
+    fd: int
+    target: str
+
+
+class Drafts:
+    def __init__(self, backing: Backing) -> None:
+        self.backing = backing
+        self.dir = os.path.join(backing.meta, "drafts")
+        self.rejected_dir = os.path.join(backing.meta, "rejected")
+        self._seq = itertools.count(1)
+        for d in (backing.meta, self.dir, self.rejected_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+
+    # -- making drafts -----------------------------------------------------
+
+    def create(self, target: str, identity: str, pid: int, source_fd: int | None) -> Draft:
+        """A new draft for ``target``: empty, or a copy of ``source_fd``."""
+        path = os.path.join(self.dir, f"{os.getpid()}-{next(self._seq)}.draft")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.setxattr(
+                fd, DRAFT_XATTR,
+                json.dumps({"path": target, "identity": identity, "pid": pid}).encode(),
+            )
+            if source_fd is not None:
+                copy_content(source_fd, fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        return Draft(path, fd, target)
+
+    # -- committing --------------------------------------------------------
+
+    def prepare(self, draft: Draft, persisted: Persisted, *, durable: bool) -> None:
+        """Give the draft the target's metadata and the state it commits as.
+
+        Runs before the commit's check: the state written here is the one the
+        commit will install if the check passes (version = base + 1).
+        """
+        _copy_metadata(self.backing.abs(draft.target), draft.fd)
+        fp = Fingerprint.of(os.fstat(draft.fd))
+        os.setxattr(draft.fd, STATE_XATTR, encode_state(persisted, fp))
+        if durable:
+            os.fsync(draft.fd)
+
+    def install(self, draft: Draft) -> None:
+        """The atomic step: the draft becomes the file's content."""
+        os.rename(draft.path, self.backing.abs(draft.target))
+
+    def discard(self, draft: Draft) -> None:
+        close_quietly(draft.fd)
+        try:
+            os.unlink(draft.path)
+        except FileNotFoundError:
+            pass
+
+    # -- rejected writes ---------------------------------------------------
+
+    def reject(self, draft: Draft, identity: str, reason: str) -> str:
+        """Keep a refused draft's bytes; returns its name under rejected/."""
+        name = rejected_name(draft.target, identity, reason)
+        dest = os.path.join(self.rejected_dir, name)
+        try:
+            _copy_mode(self.backing.abs(draft.target), draft.fd)
+            os.removexattr(draft.fd, DRAFT_XATTR)
+        except OSError:
+            pass
+        os.rename(draft.path, dest)
+        close_quietly(draft.fd)
+        return name
+
+    def orphans(self) -> list[tuple[str, dict[str, object]]]:
+        """Drafts left behind by a daemon that died."""
+        found = []
+        for name in sorted(os.listdir(self.dir)):
+            path = os.path.join(self.dir, name)
+            try:
+                meta = json.loads(os.getxattr(path, DRAFT_XATTR))
+            except (OSError, ValueError):
+                meta = {"path": "?", "identity": "?", "pid": 0}
+            found.append((path, meta))
+        return found
+
+    def put_away(self, path: str, target: str, identity: str, reason: str) -> str:
+        name = rejected_name(target, identity, reason)
+        os.rename(path, os.path.join(self.rejected_dir, name))
+        return name
+
+
+def rejected_name(target: str, identity: str, reason: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    micros = f"{time.time_ns() // 1000 % 1_000_000:06d}"
+    who = _safe(identity)[:64]
+    where = _safe(target.replace("/", "%2F"))
+    name = f"{stamp}.{micros}Z.{reason}.{who}.{where}"
+    if len(name.encode()) > _MAX_NAME:
+        digest = hashlib.sha1(target.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+        keep = _MAX_NAME - len(f"{stamp}.{micros}Z.{reason}.{who}..{digest}".encode()) - 8
+        name = f"{stamp}.{micros}Z.{reason}.{who}.{where[: max(keep, 0) // 4]}.{digest}"
+    return name
+
+
+def _safe(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch.isalnum() or ch in "-_.:%@+=":
+            out.append(ch)
+        else:
+            out.append("%%%02X" % (ord(ch) & 0xFF))
+    return "".join(out)
+
+
+def copy_content(src_fd: int, dst_fd: int) -> None:
+    """Copy a whole file: reflink where the filesystem can, else in-kernel."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return
+    except OSError:
+        pass
+    size = os.fstat(src_fd).st_size
+    offset = 0
+    while offset < size:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL):
+                raise
+            n = _copy_fallback(src_fd, dst_fd, offset, size - offset)
+        if n == 0:
+            break
+        offset += n
+
+
+def _copy_fallback(src: int, dst: int, offset: int, count: int) -> int:
+    data = os.pread(src, min(count, 1 << 20), offset)
+    os.pwrite(dst, data, offset)
+    return len(data)
+
+
+def _copy_mode(target_abs: str, fd: int) -> None:
+    st = os.lstat(target_abs)
+    os.fchmod(fd, st.st_mode & 0o7777)
+
+
+def _copy_metadata(target_abs: str, fd: int) -> None:
+    """Mode, owner and user xattrs of the committed file carry over."""
+    try:
+        st = os.lstat(target_abs)
+    except FileNotFoundError:
+        return
+    os.fchmod(fd, st.st_mode & 0o7777)
+    if os.geteuid() == 0:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    try:
+        names = os.listxattr(target_abs, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("user.") and name not in (STATE_XATTR, DRAFT_XATTR):
+            try:
+                os.setxattr(fd, name, os.getxattr(target_abs, name, follow_symlinks=False))
+            except OSError:
+                pass
+
+
+def close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
