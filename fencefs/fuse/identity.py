@@ -110,9 +110,9 @@ def alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
-def holds_for_writing(pid: int, mount_id: int, ino: int) -> bool:
-    """True if process ``pid`` still has a descriptor open for writing on
-    the FUSE inode ``ino`` of mount ``mount_id``.
+def holds_for_writing(pid: int, mount_id: int, ino: int) -> int:
+    """How many descriptors process ``pid`` still has open for writing on the
+    FUSE inode ``ino`` of mount ``mount_id``.
 
     A FLUSH arrives for every close of every descriptor: a dup, a forked
     child closing what it inherited (subprocess does so before exec). Only
@@ -123,7 +123,8 @@ def holds_for_writing(pid: int, mount_id: int, ino: int) -> bool:
     try:
         fds = os.listdir(base)
     except OSError:
-        return False
+        return 0
+    count = 0
     want_mnt = f"mnt_id:\t{mount_id}".encode()
     want_ino = f"ino:\t{ino}".encode()
     for fd in fds:
@@ -136,8 +137,8 @@ def holds_for_writing(pid: int, mount_id: int, ino: int) -> bool:
         for line in lines:
             if line.startswith(b"flags:"):
                 if int(line.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY:
-                    return True
-    return False
+                    count += 1
+    return count
 
 
 def mount_id_of(mountpoint: str) -> int | None:

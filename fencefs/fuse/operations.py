@@ -59,9 +59,6 @@ class Handle:
     draft: Draft | None = None
     dirty: bool = False
     append_at: int = 0
-    # Opened with O_TRUNC and not written since: a shell's dup2-then-close
-    # must not commit an empty file in the middle of a redirection.
-    truncate_only: bool = False
     error: int | None = None
     meta: bool = False
     served: tuple[int, int] | None = None  # (version, epoch) of base_fd
@@ -488,7 +485,7 @@ class FenceOperations(pyfuse3.Operations):
             await self._make_draft(handle, copy=size > 0)
         assert handle.draft is not None
         os.ftruncate(handle.draft.fd, size)
-        handle.dirty, handle.truncate_only = True, False
+        handle.dirty = True
 
     async def _truncate_path(self, rel: str, size: int, ctx: pyfuse3.RequestContext) -> None:
         st = self._lstat(rel)
@@ -559,7 +556,7 @@ class FenceOperations(pyfuse3.Operations):
             handle.served = (file.version, file.epoch)
         if writing and truncating:
             handle.draft = self.drafts.create(rel, caller.identity, caller.pid, None)
-            handle.dirty = handle.truncate_only = True
+            handle.dirty = True  # O_TRUNC alone changes the content
         self.handles[handle.fh] = handle
         # direct_io: no page cache, so a draft's bytes never reach other readers
         # and every reader gets the committed version its handle opened.
@@ -632,19 +629,34 @@ class FenceOperations(pyfuse3.Operations):
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self.handles[fh]
+        if handle.error is None and handle.claim is not None:
+            try:
+                self.core.check(handle.claim)
+            except FenceError as e:
+                # Refused at the earliest call: keep what it tried to write too.
+                if handle.draft is None:
+                    await self._make_draft(handle, copy=True)
+                if handle.draft is not None:
+                    self._write_draft(handle, off, buf)
+                self._reject(handle, e, op="write")
+                raise
         self._check_live(handle)
         if handle.draft is None:
             await self._make_draft(handle, copy=True)
             self._check_live(handle)
+        written = self._write_draft(handle, off, buf)
+        handle.dirty = True
+        return written
+
+    @staticmethod
+    def _write_draft(handle: Handle, off: int, buf: bytes) -> int:
         assert handle.draft is not None and handle.claim is not None
         if handle.claim.append:
             # Appends land after whatever is current at commit: keep them in order.
             written = os.pwrite(handle.draft.fd, buf, handle.append_at)
             handle.append_at += written
-        else:
-            written = os.pwrite(handle.draft.fd, buf, off)
-        handle.dirty, handle.truncate_only = True, False
-        return written
+            return written
+        return os.pwrite(handle.draft.fd, buf, off)
 
     # -- commit ----------------------------------------------------------------
 
@@ -654,8 +666,8 @@ class FenceOperations(pyfuse3.Operations):
             return
         if handle.error is not None:
             raise pyfuse3.FUSEError(handle.error)
-        if not handle.writable or not handle.dirty or handle.truncate_only:
-            return  # a bare O_TRUNC commits at release, see Handle.truncate_only
+        if not handle.writable or not handle.dirty:
+            return
         signal = dying_by_signal(handle.tid)
         if signal is None and handle.caller.pid != handle.tid:
             signal = dying_by_signal(handle.caller.pid)
@@ -663,12 +675,24 @@ class FenceOperations(pyfuse3.Operations):
             # G7: the kernel flushes a killed process's files; that is no commit.
             self._reject(handle, None, op="flush", reason="killed", signal=signal)
             raise pyfuse3.FUSEError(errno.EINTR)
-        if self.mount_id is not None and holds_for_writing(
-                handle.caller.pid, self.mount_id, handle.ino):
-            # A dup or a forked child closed its copy; the opener still
+        self._check_live(handle)  # a known refusal is reported by any close
+        if self._opener_still_holds(handle):
+            # A dup or a forked child closed its copy (a shell's dup2 dance,
+            # subprocess closing inherited descriptors); the opener still
             # writes through its own. Its last close (or fsync) commits.
             return
         await self._commit(handle)
+
+    def _opener_still_holds(self, handle: Handle) -> bool:
+        if self.mount_id is None:
+            return False
+        held = holds_for_writing(handle.caller.pid, self.mount_id, handle.ino)
+        # The opener's other write handles on this file account for some of
+        # its descriptors; only a surplus can be a copy of this handle.
+        others = sum(1 for h in self.handles.values()
+                     if h is not handle and h.writable and h.ino == handle.ino
+                     and h.caller.pid == handle.caller.pid)
+        return held > others
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self.handles.get(fh)
@@ -719,7 +743,6 @@ class FenceOperations(pyfuse3.Operations):
         if handle.base_fd is not None:
             close_quietly(handle.base_fd)
         handle.base_fd, handle.draft, handle.dirty = draft.fd, None, False
-        handle.truncate_only = False
         handle.served = (version, file.epoch)
         self.journal.record("commit", handle.path, identity=claim.identity, pid=claim.pid,
                             version=before[0], epoch=before[1], new_version=version)
@@ -790,7 +813,7 @@ class FenceOperations(pyfuse3.Operations):
                 log.error("could not keep rejected draft of %s: %s", handle.path, e)
                 self.drafts.discard(handle.draft)
             handle.draft = None
-        handle.dirty = handle.truncate_only = False
+        handle.dirty = False
         handle.error = error.errno if error else errno.EINTR
         file = self.core.get(handle.path)
         self._journal(reason, handle.claim, file, op=op, rejected=name, **fields)
@@ -800,8 +823,7 @@ class FenceOperations(pyfuse3.Operations):
         if handle is None:
             return
         if handle.dirty and handle.error is None and handle.claim is not None:
-            # Left dirty by a deferred flush (a dup's close, or `: > file`,
-            # see flush): commit now. Errors cannot reach the caller from
+            # Left dirty by a deferred flush (see flush): commit now. Errors cannot reach the caller from
             # release: a refusal is journaled and the bytes kept, as always.
             try:
                 await self._commit(handle)

@@ -1,0 +1,338 @@
+"""Fencing through a real mount, driven by real processes (issue 2, G1-G6)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.conftest import Mount, run_py
+
+# A writer process: opens FILE for writing, says "ready", waits for a line on
+# stdin, writes its payload, closes, and prints the outcome.
+WRITER = textwrap.dedent("""
+    import errno, os, sys
+    path, payload, flags = sys.argv[1], sys.argv[2].encode(), sys.argv[3]
+    mode = {"rw": os.O_RDWR, "trunc": os.O_WRONLY | os.O_TRUNC}[flags]
+    fd = os.open(path, mode)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    try:
+        os.write(fd, payload)
+    except OSError as e:
+        print("write", errno.errorcode[e.errno], flush=True)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        sys.exit(0)
+    try:
+        os.close(fd)
+    except OSError as e:
+        print("close", errno.errorcode[e.errno], flush=True)
+        sys.exit(0)
+    print("ok", flush=True)
+""")
+
+
+def spawn_writer(path: str, payload: str, flags: str = "rw") -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, path, payload, flags],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def xattr(path: str, name: str) -> str:
+    return os.getxattr(path, f"user.fencefs.{name}").decode()
+
+
+def test_draft_is_private_until_commit(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("committed v1\n")
+    fd = os.open(path, os.O_RDWR)
+    os.write(fd, b"DRAFT" * 2000)
+    # Another process sees only committed content and size (G4).
+    out = run_py("import os,sys; p=sys.argv[1]; print(os.stat(p).st_size, repr(open(p).read()))",
+                 path)
+    assert out.stdout.strip() == "13 'committed v1\\n'"
+    # The writer reads its own uncommitted writes through its handle.
+    assert os.pread(fd, 5, 0) == b"DRAFT"
+    os.close(fd)
+    with open(path) as f:
+        assert f.read() == "DRAFT" * 2000
+    assert xattr(path, "version") == "2"
+
+
+def test_open_reader_keeps_its_version(mount: Mount) -> None:
+    path = mount.path("doc.txt")
+    with open(path, "wb") as f:
+        f.write(b"A" * 100_000)
+    reader = os.open(path, os.O_RDONLY)
+    first = os.pread(reader, 50_000, 0)
+    with open(path, "wb") as f:
+        f.write(b"B" * 100_000)
+    rest = os.pread(reader, 50_000, 50_000)
+    os.close(reader)
+    # Never a mix of two versions within one open.
+    assert first + rest == b"A" * 100_000
+    with open(path, "rb") as f:
+        assert f.read() == b"B" * 100_000
+
+
+def test_two_handles_first_commit_wins(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("base\n")
+    a = os.open(path, os.O_RDWR)
+    b = os.open(path, os.O_RDWR)
+    os.write(b, b"loser wrote first\n")  # before the winner commits: lands in b's draft
+    os.write(a, b"winner\n")
+    os.close(a)
+    with pytest.raises(OSError) as info:
+        os.close(b)  # G1: the commit is refused at close
+    assert info.value.errno == errno.EAGAIN
+    with open(path) as f:
+        assert f.read() == "winner\n"
+    rejected = mount.rejected()
+    assert len(rejected) == 1 and ".conflict." in rejected[0] and "plan.md" in rejected[0]
+    kept = (mount.backing / ".fencefs" / "rejected" / rejected[0]).read_bytes()
+    assert kept == b"loser wrote first\n"
+    # The rejected writes are readable through the mount, not writable.
+    through = mount.path(f".fencefs/rejected/{rejected[0]}")
+    with open(through, "rb") as f:
+        assert f.read() == kept
+    with pytest.raises(OSError) as info:
+        open(through, "w")
+    assert info.value.errno == errno.EROFS
+
+
+def test_write_after_file_moved_gets_eagain(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("base\n")
+    stale = os.open(path, os.O_WRONLY)
+    with open(path, "w") as f:
+        f.write("someone else\n")
+    with pytest.raises(OSError) as info:
+        os.write(stale, b"x")  # the earliest call that can know it
+    assert info.value.errno == errno.EAGAIN
+    with pytest.raises(OSError) as info:
+        os.close(stale)
+    assert info.value.errno == errno.EAGAIN
+    with open(path) as f:
+        assert f.read() == "someone else\n"
+
+
+def test_eight_writers_one_winner(mount: Mount) -> None:
+    path = mount.path("race.json")
+    with open(path, "w") as f:
+        f.write("{}")
+    writers = [spawn_writer(path, f'{{"writer": {i}}}') for i in range(8)]
+    for w in writers:  # the barrier: all claims rest on the same version
+        assert w.stdin is not None
+        w.stdin.write("go\n")
+        w.stdin.flush()
+    outcomes = []
+    for w in writers:
+        out, _ = w.communicate(timeout=30)
+        outcomes.append(out.strip())
+    winners = [i for i, o in enumerate(outcomes) if o == "ok"]
+    losers = [o for o in outcomes if o != "ok"]
+    assert len(winners) == 1, outcomes
+    assert all(o.endswith("EAGAIN") for o in losers) and len(losers) == 7, outcomes
+    with open(path) as f:
+        assert f.read() == f'{{"writer": {winners[0]}}}'
+    assert xattr(path, "version") == "2"
+    assert len(mount.rejected()) == 7
+    events = [e["event"] for e in mount.journal() if e["file"] == "race.json"]
+    assert events.count("commit") == 2 and events.count("conflict") == 7
+
+
+def test_zombie_writer_sigstop_reclaim(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("original plan\n")
+    zombie = spawn_writer(path, "stale plan from the zombie\n", "trunc")
+    zombie.send_signal(signal.SIGSTOP)
+    assert zombie.stdin is not None
+    zombie.stdin.write("go\n")
+    zombie.stdin.flush()
+    # Recovery reclaims the file while the zombie is stopped.
+    subprocess.run(["setfattr", "-n", "user.fencefs.reclaim", "-v", "1", path], check=True)
+    assert xattr(path, "epoch") == "1"
+    assert xattr(path, "version") == "1"  # the version never moved...
+    zombie.send_signal(signal.SIGCONT)
+    out, _ = zombie.communicate(timeout=30)
+    assert out.strip() == "write ESTALE"  # ...and still the zombie is fenced (G2)
+    with open(path) as f:
+        assert f.read() == "original plan\n"
+    assert any(".fenced." in name for name in mount.rejected())
+    fenced = [e for e in mount.journal() if e["event"] == "fenced"]
+    assert fenced and fenced[0]["epoch"] == 0 and fenced[0]["current_epoch"] == 1
+    assert fenced[0]["pid"] == zombie.pid
+
+
+def test_reclaim_fences_close_and_fsync(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("v1\n")
+    a = os.open(path, os.O_RDWR)
+    os.write(a, b"zombie bytes")
+    b = os.open(path, os.O_RDWR)
+    os.write(b, b"other zombie")
+    subprocess.run([sys.executable, "-m", "fencefs.cli", "reclaim", path], check=True,
+                   capture_output=True)
+    with pytest.raises(OSError) as info:
+        os.fsync(a)
+    assert info.value.errno == errno.ESTALE
+    with pytest.raises(OSError) as info:
+        os.close(b)
+    assert info.value.errno == errno.ESTALE
+    with pytest.raises(OSError):
+        os.close(a)
+    with open(path) as f:
+        assert f.read() == "v1\n"
+    kept = sorted((mount.backing / ".fencefs" / "rejected" / n).read_bytes()
+                  for n in mount.rejected())
+    assert kept == [b"other zombie", b"zombie bytes"]
+
+
+def test_fsync_commits_and_second_flush_commits_only_new_writes(mount: Mount) -> None:
+    path = mount.path("notes.md")
+    with open(path, "w") as f:
+        f.write("")
+    fd = os.open(path, os.O_RDWR)
+    os.write(fd, b"first\n")
+    os.fsync(fd)  # commits: another process sees it while fd stays open
+    assert run_py("import sys; print(open(sys.argv[1]).read(), end='')", path).stdout == "first\n"
+    assert xattr(path, "version") == "1"
+    os.close(os.dup(fd))  # a dup's close with nothing new written: no commit
+    assert xattr(path, "version") == "1"
+    os.write(fd, b"second\n")
+    dup = os.dup(fd)
+    os.close(dup)  # the opener still holds fd: its last close commits
+    assert xattr(path, "version") == "1"
+    os.close(fd)
+    assert xattr(path, "version") == "2"
+    with open(path) as f:
+        assert f.read() == "first\nsecond\n"
+
+
+def test_forked_child_close_does_not_commit(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("v1\n")
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"half")
+    # subprocess closes inherited descriptors in the child: a FLUSH per close.
+    subprocess.run(["true"], check=True)
+    assert run_py("import sys; print(open(sys.argv[1]).read(), end='')", path).stdout == "v1\n"
+    os.write(fd, b" and the rest\n")
+    os.close(fd)
+    with open(path) as f:
+        assert f.read() == "half and the rest\n"
+
+
+def test_shell_redirection_commits_once(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    subprocess.run(["sh", "-c", f"echo one > '{path}'"], check=True)
+    subprocess.run(["sh", "-c", f"echo two > '{path}'"], check=True)
+    with open(path) as f:
+        assert f.read() == "two\n"
+    commits = [e for e in mount.journal() if e["event"] == "commit" and e["file"] == "plan.md"]
+    assert len(commits) == 2  # no empty intermediate commit from the dup2 dance
+    subprocess.run(["sh", "-c", f": > '{path}'"], check=True)
+    assert os.path.getsize(path) == 0
+
+
+def test_killed_writer_never_commits(mount: Mount) -> None:
+    path = mount.path("big.bin")
+    with open(path, "wb") as f:
+        f.write(b"original")
+    code = ("import os,sys,time\nfd=os.open(sys.argv[1], os.O_WRONLY|os.O_TRUNC)\n"
+            "os.write(fd, b'partial'*1000)\nprint('written', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "written"
+    proc.kill()
+    proc.communicate()
+    with open(path, "rb") as f:
+        assert f.read() == b"original"
+    killed = [n for n in mount.rejected() if ".killed." in n]
+    assert killed
+    assert (mount.backing / ".fencefs" / "rejected" / killed[0]).read_bytes() == b"partial" * 1000
+    assert any(e["event"] == "killed" and e.get("signal") == 9 for e in mount.journal())
+
+
+def test_exit_without_close_commits(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    code = "import os,sys\nfd=os.open(sys.argv[1], os.O_WRONLY|os.O_CREAT)\n" \
+           "os.write(fd, b'left open')\nos._exit(0)\n"
+    assert run_py(code, path).returncode == 0
+    with open(path) as f:
+        assert f.read() == "left open"
+
+
+def test_versions_and_epochs_survive_remount(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    for i in range(3):
+        with open(path, "w") as f:
+            f.write(f"v{i}\n")
+    os.setxattr(path, "user.fencefs.reclaim", b"1")
+    os.setxattr(path, "user.fencefs.reclaim", b"1")
+    assert (xattr(path, "version"), xattr(path, "epoch")) == ("3", "2")
+    mount.remount()
+    assert (xattr(path, "version"), xattr(path, "epoch")) == ("3", "2")
+    with open(path, "w") as f:
+        f.write("after\n")
+    assert (xattr(path, "version"), xattr(path, "epoch")) == ("4", "2")
+
+
+def test_acknowledged_commit_survives_daemon_kill(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("acknowledged\n")
+    os.setxattr(path, "user.fencefs.reclaim", b"1")
+    mount.kill()
+    mount.start()
+    with open(path) as f:
+        assert f.read() == "acknowledged\n"
+    assert (xattr(path, "version"), xattr(path, "epoch")) == ("1", "1")
+
+
+def test_claims_attributes(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("x")
+    fd = os.open(path, os.O_RDWR)
+    claims = xattr(path, "claims").splitlines()
+    mine = [c for c in claims if f"pid={os.getpid()}" in c and "kind=write" in c]
+    assert mine and "version=1" in mine[0] and "epoch=0" in mine[0]
+    assert f"identity=pid:{os.getpid()}" in xattr(path, "claim")
+    other = run_py("import os,sys; print(os.getxattr(sys.argv[1], 'user.fencefs.claim')"
+                   ".decode(), end='')", path)
+    assert "kind=write" not in other.stdout
+    os.close(fd)
+    assert "kind=write" not in xattr(path, "claims")
+    out = subprocess.run(["getfattr", "-d", "-m", "user.fencefs", path], capture_output=True,
+                         text=True, check=True).stdout
+    for name in ("version", "epoch", "claims", "claim", "policy"):
+        assert f"user.fencefs.{name}=" in out
+
+
+def test_agent_identity_from_environment(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("x")
+    code = ("import os,sys\nfd=os.open(sys.argv[1], os.O_RDWR)\n"
+            "print(os.getxattr(sys.argv[1], 'user.fencefs.claim').decode())\n")
+    out = run_py(code, path, env={"FENCEFS_AGENT": "planner-7"}).stdout
+    assert "identity=agent:planner-7 kind=write" in out
