@@ -1,0 +1,189 @@
+"""Everything that is not a fenced commit behaves as on the backing filesystem."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+
+import pytest
+
+from tests.conftest import Mount
+
+
+def test_directories_files_rename_unlink(mount: Mount) -> None:
+    os.makedirs(mount.path("a/b/c"))
+    with open(mount.path("a/b/c/f.txt"), "w") as f:
+        f.write("hello")
+    os.rename(mount.path("a/b"), mount.path("a/moved"))
+    with open(mount.path("a/moved/c/f.txt")) as f:
+        assert f.read() == "hello"
+    assert (mount.backing / "a/moved/c/f.txt").read_text() == "hello"
+    os.rename(mount.path("a/moved/c/f.txt"), mount.path("a/g.txt"))
+    assert sorted(os.listdir(mount.path("a"))) == ["g.txt", "moved"]
+    os.unlink(mount.path("a/g.txt"))
+    assert not os.path.exists(mount.path("a/g.txt"))
+    os.rmdir(mount.path("a/moved/c"))
+    with pytest.raises(OSError) as info:
+        os.rmdir(mount.path("a"))
+    assert info.value.errno == errno.ENOTEMPTY
+
+
+def test_rename_keeps_version_and_writes_after_dir_rename(mount: Mount) -> None:
+    os.mkdir(mount.path("d"))
+    path = mount.path("d/plan.md")
+    for text in ("1", "2"):
+        with open(path, "w") as f:
+            f.write(text)
+    fd = os.open(path, os.O_RDWR)
+    os.rename(mount.path("d"), mount.path("e"))
+    os.write(fd, b"3")
+    os.close(fd)  # the handle follows its path
+    moved = mount.path("e/plan.md")
+    with open(moved) as f:
+        assert f.read() == "3"
+    assert os.getxattr(moved, "user.fencefs.version") == b"3"
+
+
+def test_truncate_chmod_utimens_statfs(mount: Mount) -> None:
+    path = mount.path("f.bin")
+    with open(path, "wb") as f:
+        f.write(b"0123456789")
+    os.truncate(path, 4)
+    with open(path, "rb") as f:
+        assert f.read() == b"0123"
+    os.truncate(path, 8)
+    with open(path, "rb") as f:
+        assert f.read() == b"0123\0\0\0\0"
+    os.chmod(path, 0o640)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    assert stat.S_IMODE((mount.backing / "f.bin").stat().st_mode) == 0o640
+    os.utime(path, ns=(1_000_000_000, 2_000_000_000))
+    assert os.stat(path).st_mtime_ns == 2_000_000_000
+    # Our own utime is no foreign write: the version stays.
+    version = os.getxattr(path, "user.fencefs.version")
+    os.stat(path)
+    assert os.getxattr(path, "user.fencefs.version") == version
+    # A commit keeps the mode.
+    with open(path, "w") as f:
+        f.write("new")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    sv = os.statvfs(mount.mnt)
+    assert sv.f_blocks > 0 and sv.f_bsize > 0
+
+
+def test_ftruncate_on_write_handle_is_part_of_the_draft(mount: Mount) -> None:
+    path = mount.path("f.txt")
+    with open(path, "w") as f:
+        f.write("abcdef")
+    fd = os.open(path, os.O_RDWR)
+    os.ftruncate(fd, 2)
+    with open(path) as f:
+        assert f.read() == "abcdef"  # not yet committed
+    os.close(fd)
+    with open(path) as f:
+        assert f.read() == "ab"
+
+
+def test_symlinks_inside_only(mount: Mount) -> None:
+    with open(mount.path("target.txt"), "w") as f:
+        f.write("t")
+    os.mkdir(mount.path("sub"))
+    os.symlink("../target.txt", mount.path("sub/link"))
+    with open(mount.path("sub/link")) as f:
+        assert f.read() == "t"
+    assert os.readlink(mount.path("sub/link")) == "../target.txt"
+    for bad in ("/etc/passwd", "../../outside", "../sub/../../x"):
+        with pytest.raises(OSError) as info:
+            os.symlink(bad, mount.path("sub/bad"))
+        assert info.value.errno == errno.EPERM
+    # A symlink planted in the backing directory that leads outside is refused.
+    os.symlink("/etc/passwd", mount.backing / "planted")
+    with pytest.raises(OSError) as info:
+        os.readlink(mount.path("planted"))
+    assert info.value.errno == errno.EPERM
+    with pytest.raises(OSError):
+        open(mount.path("planted")).close()
+
+
+def test_hard_links_refused(mount: Mount) -> None:
+    with open(mount.path("a"), "w") as f:
+        f.write("a")
+    with pytest.raises(OSError) as info:
+        os.link(mount.path("a"), mount.path("b"))
+    assert info.value.errno == errno.EPERM
+
+
+def test_large_directory_listing(mount: Mount) -> None:
+    d = mount.backing / "many"
+    d.mkdir()
+    names = {f"file-{i:05d}" for i in range(5000)}
+    for name in names:
+        (d / name).touch()
+    assert set(os.listdir(mount.path("many"))) == names
+    assert len(list(os.scandir(mount.path("many")))) == 5000
+
+
+def test_user_xattrs_pass_through_and_survive_commits(mount: Mount) -> None:
+    path = mount.path("x.txt")
+    with open(path, "w") as f:
+        f.write("1")
+    os.setxattr(path, "user.color", b"blue")
+    assert os.getxattr(path, "user.color") == b"blue"
+    assert os.getxattr(str(mount.backing / "x.txt"), "user.color") == b"blue"
+    with open(path, "w") as f:
+        f.write("2")
+    assert os.getxattr(path, "user.color") == b"blue"
+    names = os.listxattr(path)
+    assert "user.color" in names and "user.fencefs.version" in names
+    assert "user.fencefs.state" not in names  # internal state stays hidden
+    os.removexattr(path, "user.color")
+    assert "user.color" not in os.listxattr(path)
+
+
+def test_meta_dir_is_read_only_and_drafts_hidden(mount: Mount) -> None:
+    with open(mount.path("f"), "w") as f:
+        f.write("x")
+    assert sorted(os.listdir(mount.path(".fencefs"))) == ["journal.jsonl", "rejected"]
+    with open(mount.path(".fencefs/journal.jsonl")) as f:
+        assert '"event":"commit"' in f.read()
+    for action in (
+        lambda: open(mount.path(".fencefs/journal.jsonl"), "a"),
+        lambda: open(mount.path(".fencefs/new"), "w"),
+        lambda: os.unlink(mount.path(".fencefs/journal.jsonl")),
+        lambda: os.mkdir(mount.path(".fencefs/x")),
+        lambda: os.rename(mount.path("f"), mount.path(".fencefs/f")),
+    ):
+        with pytest.raises(OSError) as info:
+            action()
+        assert info.value.errno == errno.EROFS
+    assert not os.path.exists(mount.path(".fencefs/drafts"))
+
+
+def test_foreign_write_is_adopted_and_journaled(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("through the mount")
+    stale = os.open(path, os.O_RDWR)
+    (mount.backing / "plan.md").write_text("straight into the backing dir, longer")
+    with open(path) as f:
+        assert f.read() == "straight into the backing dir, longer"
+    assert os.getxattr(path, "user.fencefs.version") == b"2"
+    with pytest.raises(OSError) as info:
+        os.write(stale, b"x")
+    assert info.value.errno == errno.EAGAIN
+    with pytest.raises(OSError):
+        os.close(stale)
+    assert any(e["event"] == "foreign" and e["file"] == "plan.md" for e in mount.journal())
+
+
+def test_unmount_and_remount_keep_files(mount: Mount) -> None:
+    with open(mount.path("keep.txt"), "w") as f:
+        f.write("kept")
+    mount.remount()
+    with open(mount.path("keep.txt")) as f:
+        assert f.read() == "kept"
+    out = subprocess.run(["stat", "-f", "-c", "%T", str(mount.mnt)], capture_output=True,
+                         text=True).stdout
+    assert "fuse" in out
