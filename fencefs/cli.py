@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 STATUS_XATTR = "user.fencefs.status"
 
@@ -181,7 +182,7 @@ def _claims_of(path: str) -> dict[str, object]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     if args.files:
         for path in args.files:
             full = path if os.path.isabs(path) else os.path.join(args.mountpoint, path)
@@ -200,7 +201,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"{'FILE':40} {'VER':>5} {'EPOCH':>5} {'POLICY':10} CLAIMS")
     for row in rows:
-        claims = row["claims"] or [{}]
+        claims: list[dict[str, Any]] = list(row["claims"]) or [{}]
         for i, claim in enumerate(claims):
             head = (f"{str(row['file'])[-40:]:40} {row['version']:>5} {row['epoch']:>5} "
                     f"{row['policy']:10}" if i == 0 else " " * 63)
@@ -222,17 +223,18 @@ def cmd_log(args: argparse.Namespace) -> int:
             if os.path.isabs(args.file) or os.path.exists(args.file) else args.file
         entries = [e for e in entries if e.get("file") == wanted]
     if args.json:
-        for e in entries:
-            print(json.dumps(e))
+        for entry in entries:
+            print(json.dumps(entry))
         return 0
     print(f"{'TIME':23} {'EVENT':10} {'FILE':28} {'WHO':20} {'PID':>7} DETAIL")
-    for e in entries:
-        when = datetime.datetime.fromtimestamp(float(e.get("ts", 0))).isoformat(
+    for entry in entries:
+        when = datetime.datetime.fromtimestamp(float(entry.get("ts", 0))).isoformat(
             sep=" ", timespec="milliseconds")
-        detail = " ".join(f"{k}={v}" for k, v in e.items()
+        detail = " ".join(f"{k}={v}" for k, v in entry.items()
                           if k not in ("ts", "event", "file", "identity", "pid"))
-        print(f"{when:23} {e.get('event', '?'):10} {str(e.get('file', '?'))[-28:]:28} "
-              f"{str(e.get('identity', '-'))[-20:]:20} {e.get('pid', '-')!s:>7} {detail}")
+        print(f"{when:23} {entry.get('event', '?'):10} {str(entry.get('file', '?'))[-28:]:28} "
+              f"{str(entry.get('identity', '-'))[-20:]:20} {entry.get('pid', '-')!s:>7} "
+              f"{detail}")
     return 0
 
 

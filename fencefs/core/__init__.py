@@ -4,7 +4,7 @@
 """
 
 from fencefs.core.coordinator import Coordinator, decide
-from fencefs.core.errors import BadValue, Busy, Conflict, FenceError, Fenced
+from fencefs.core.errors import BadValue, Busy, Conflict, Fenced, FenceError
 from fencefs.core.model import Claim, FileState, Kind, Persisted
 
 __all__ = [

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 
-from fencefs.core.errors import Conflict, FenceError, Fenced
+from fencefs.core.errors import Conflict, Fenced, FenceError
 from fencefs.core.model import OPTIMISTIC, Claim, FileState, Kind, Persisted
 
 

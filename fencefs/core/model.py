@@ -6,7 +6,7 @@ Plain data, no I/O. ``specs/Fencing.tla`` models the same records.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 OPTIMISTIC = "optimistic"
 EXCLUSIVE = "exclusive"
@@ -14,7 +14,7 @@ SHARED = "shared"
 POLICIES = (OPTIMISTIC, EXCLUSIVE, SHARED)
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     READ = "read"
     WRITE = "write"
 

@@ -19,7 +19,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pyfuse3
@@ -32,7 +32,7 @@ from fencefs.fuse.boundary import error_boundary
 from fencefs.fuse.identity import Caller, IdentityResolver, dying_by_signal, holds_for_writing
 from fencefs.fuse.inodes import ROOT, InodeTable
 from fencefs.store.backing import META_DIR, Backing, Fingerprint
-from fencefs.store.drafts import Draft, Drafts, close_quietly, copy_content
+from fencefs.store.drafts import Draft, Drafts, close_quietly
 from fencefs.store.journal import Journal
 
 log = logging.getLogger("fencefs.fuse")
@@ -229,7 +229,7 @@ class FenceOperations(pyfuse3.Operations):
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         return self._attrs(node.ino, st)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.inodes.forget(ino, count)
 
@@ -823,8 +823,9 @@ class FenceOperations(pyfuse3.Operations):
         if handle is None:
             return
         if handle.dirty and handle.error is None and handle.claim is not None:
-            # Left dirty by a deferred flush (see flush): commit now. Errors cannot reach the caller from
-            # release: a refusal is journaled and the bytes kept, as always.
+            # Left dirty by a deferred flush (see flush): commit now. Errors
+            # cannot reach the caller from release: a refusal is journaled
+            # and the bytes kept, as always.
             try:
                 await self._commit(handle)
             except (FenceError, pyfuse3.FUSEError, OSError) as e:
@@ -887,8 +888,11 @@ class FenceOperations(pyfuse3.Operations):
             if policy != OPTIMISTIC:
                 # Only the optimistic policy is implemented so far.
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-            self.core.set_policy(rel, policy, lambda p: self.backing.write_state(
-                rel, Persisted(file.version, file.epoch, p), durable=self.durable))
+            def persist(p: str) -> None:
+                self.backing.write_state(rel, Persisted(file.version, file.epoch, p),
+                                         durable=self.durable)
+
+            self.core.set_policy(rel, policy, persist)
         else:
             raise pyfuse3.FUSEError(errno.EINVAL)
 
