@@ -82,12 +82,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
         setup_logging(args.debug, args.log_file)
         return serve(backing, mountpoint, allow_other=args.allow_other, debug=args.debug,
                      durable=args.durability == "full", scope=args.identity,
-                     ready_fd=args.ready_fd)
+                     ready_fd=args.ready_fd, max_observations=args.max_observations,
+                     upkeep_interval=args.upkeep_interval)
     read_fd, write_fd = os.pipe()
     logfile = os.path.join(backing, ".fencefs", "daemon.log")
     command = [sys.executable, "-m", "fencefs.cli", "mount", "--foreground",
                "--ready-fd", str(write_fd), "--log-file", logfile,
-               "--durability", args.durability, "--identity", args.identity]
+               "--durability", args.durability, "--identity", args.identity,
+               "--max-observations", str(args.max_observations)]
     if args.debug:
         command.append("--debug")
     if args.allow_other:
@@ -258,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "none: no fsync, a crash may lose acknowledged commits")
     m.add_argument("--identity", choices=("agent", "process", "thread", "session"),
                    default="agent", help="what one claim-holding identity is (docs/guide.md)")
+    m.add_argument("--max-observations", type=int, default=100_000,
+                   help="cap on remembered read claims (default 100000; oldest dropped)")
+    m.add_argument("--upkeep-interval", type=float, default=2.0, help=argparse.SUPPRESS)
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.add_argument("--log-file", help=argparse.SUPPRESS)
     m.set_defaults(func=cmd_mount)

@@ -40,9 +40,12 @@ def serve(
     durable: bool = True,
     scope: str = "agent",
     ready_fd: int | None = None,
+    max_observations: int = 100_000,
+    upkeep_interval: float = 2.0,
 ) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns exit code."""
-    ops = FenceOperations(backing, durable=durable, scope=scope)
+    ops = FenceOperations(backing, durable=durable, scope=scope,
+                          max_observations=max_observations)
     recovered = ops.recover()
     if recovered:
         log.warning("put away %d draft(s) left by an earlier daemon", recovered)
@@ -53,7 +56,7 @@ def serve(
         f.write(f"{os.getpid()}\n{os.path.abspath(mountpoint)}\n")
     clean = False
     try:
-        trio.run(_main, ready_fd)
+        trio.run(_main, ops, ready_fd, upkeep_interval)
         clean = True
     except BaseException as exc:  # noqa: BLE001 - report whatever stopped the loop
         if not _only_cancelled(exc):
@@ -74,9 +77,10 @@ def _only_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, (KeyboardInterrupt, trio.Cancelled))
 
 
-async def _main(ready_fd: int | None) -> None:
+async def _main(ops: FenceOperations, ready_fd: int | None, upkeep_interval: float) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_serve_fuse, nursery.cancel_scope)
+        nursery.start_soon(ops.maintain, upkeep_interval)
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")

@@ -130,3 +130,17 @@ def test_release_and_forget() -> None:
     core.release(claim)
     core.forget("plan.md")
     assert core.get("plan.md") is None
+
+
+def test_observation_table_is_bounded() -> None:
+    core = Coordinator(max_observations=3)
+    for name in ("a", "b", "c", "d"):
+        core.adopt(name, Persisted(0, 0))
+        core.observe(name, "A", 1, 0, 0)
+    assert core.observations() == 3
+    assert "A" not in core.get("a").readers  # type: ignore[union-attr]  # oldest dropped
+    core.observe("b", "A", 1, 0, 0)  # refreshed: now newest
+    core.adopt("e", Persisted(0, 0))
+    core.observe("e", "A", 1, 0, 0)
+    assert "A" in core.get("b").readers and "A" not in core.get("c").readers  # type: ignore[union-attr]
+    assert core.drop_identity("A") == 3 and core.observations() == 0

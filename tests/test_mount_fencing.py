@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -335,3 +336,21 @@ def test_agent_identity_from_environment(mount: Mount) -> None:
             "print(os.getxattr(sys.argv[1], 'user.fencefs.claim').decode())\n")
     out = run_py(code, path, env={"FENCEFS_AGENT": "planner-7"}).stdout
     assert "identity=agent:planner-7 kind=write" in out
+
+
+def test_claims_of_exited_identities_are_dropped(make_mount) -> None:  # type: ignore[no-untyped-def]
+    mount = make_mount("--upkeep-interval", "0.1")
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("x")
+    reader = run_py("import sys,os; open(sys.argv[1]).read(); print(os.getpid())", path)
+    pid = reader.stdout.strip()
+    deadline = time.monotonic() + 10
+    while f"pid={pid}" in xattr(path, "claims"):
+        assert time.monotonic() < deadline, "exited reader's claim was never dropped"
+        time.sleep(0.05)
+    # A live reader keeps its claim.
+    with open(path) as f:
+        f.read()
+    time.sleep(0.5)
+    assert f"identity=pid:{os.getpid()} kind=read" in xattr(path, "claims")

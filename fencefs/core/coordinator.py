@@ -15,6 +15,7 @@ implementation can replace it later without touching the FUSE layer.
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from fencefs.core.errors import Conflict, Fenced, FenceError
@@ -49,9 +50,14 @@ def _refuse(error: type[FenceError], file: FileState, claim: Claim) -> FenceErro
 class Coordinator:
     """Versions, epochs and claims of every known file, in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_observations: int = 100_000) -> None:
         self._files: dict[str, FileState] = {}
         self._ids = itertools.count(1)
+        # Observation claims, oldest first: the table is bounded, and when it
+        # is full the least recently refreshed one is dropped (its identity
+        # then writes that file blind).
+        self.max_observations = max_observations
+        self._observed: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     # -- state -------------------------------------------------------------
 
@@ -93,7 +99,18 @@ class Coordinator:
             file.readers[identity] = claim
         else:
             claim.version, claim.epoch, claim.pid = version, epoch, pid
+        key = (path, identity)
+        self._observed[key] = None
+        self._observed.move_to_end(key)
+        while len(self._observed) > self.max_observations:
+            (old_path, old_identity), _ = self._observed.popitem(last=False)
+            old = self._files.get(old_path)
+            if old is not None:
+                old.readers.pop(old_identity, None)
         return claim
+
+    def observations(self) -> int:
+        return len(self._observed)
 
     def open_write(
         self,
@@ -223,17 +240,26 @@ class Coordinator:
             file.path = target
             for claim in file.claims():
                 claim.path = target
+            for identity in file.readers:
+                self._observed.pop((path, identity), None)
+                self._observed[(target, identity)] = None
             self._files[target] = file
 
     def removed(self, path: str) -> FileState | None:
         """The path is gone (unlinked, or replaced by a rename)."""
-        return self._files.pop(path, None)
+        file = self._files.pop(path, None)
+        if file is not None:
+            for identity in file.readers:
+                self._observed.pop((path, identity), None)
+        return file
 
     def drop_identity(self, identity: str) -> int:
         """Drop the observation claims of an identity that has exited."""
         dropped = 0
-        for file in self._files.values():
-            if file.readers.pop(identity, None) is not None:
+        for key in [k for k in self._observed if k[1] == identity]:
+            del self._observed[key]
+            file = self._files.get(key[0])
+            if file is not None and file.readers.pop(identity, None) is not None:
                 dropped += 1
         return dropped
 

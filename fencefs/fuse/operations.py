@@ -29,7 +29,13 @@ from fencefs.core import Claim, Coordinator, FenceError, FileState, Persisted
 from fencefs.core.model import OPTIMISTIC
 from fencefs.fuse import control
 from fencefs.fuse.boundary import error_boundary
-from fencefs.fuse.identity import Caller, IdentityResolver, dying_by_signal, holds_for_writing
+from fencefs.fuse.identity import (
+    Caller,
+    IdentityResolver,
+    alive,
+    dying_by_signal,
+    holds_for_writing,
+)
 from fencefs.fuse.inodes import ROOT, InodeTable
 from fencefs.store.backing import META_DIR, Backing, Fingerprint
 from fencefs.store.drafts import Draft, Drafts, close_quietly
@@ -78,12 +84,13 @@ class FenceOperations(pyfuse3.Operations):
         *,
         durable: bool = True,
         scope: str = "agent",
+        max_observations: int = 100_000,
     ) -> None:
         super().__init__()
         self.backing = Backing(backing_root)
         self.drafts = Drafts(self.backing)
         self.journal = Journal(os.path.join(self.backing.meta, "journal.jsonl"))
-        self.core = Coordinator()
+        self.core = Coordinator(max_observations=max_observations)
         self.inodes = InodeTable()
         self.ids = IdentityResolver(scope)
         self.durable = durable
@@ -95,6 +102,9 @@ class FenceOperations(pyfuse3.Operations):
         self._dirs: dict[int, tuple[int, list[tuple[str, os.stat_result]]]] = {}
         # Last content fingerprint fencefs itself produced or adopted, per path.
         self._fingerprints: dict[str, Fingerprint] = {}
+        # Processes seen per identity: an identity whose processes all exited
+        # loses its observation claims (see maintain).
+        self._identity_pids: dict[str, set[int]] = {}
         # Versions and epochs of unlinked paths: a recreated file continues them.
         self._tombstones: dict[str, tuple[int, int]] = {}
 
@@ -113,6 +123,23 @@ class FenceOperations(pyfuse3.Operations):
         if count:
             self.journal.sync()
         return count
+
+    async def maintain(self, interval: float = 2.0) -> None:
+        """Background upkeep: drop claims of identities that have exited."""
+        while True:
+            await trio.sleep(interval)
+            self.prune_identities()
+
+    def prune_identities(self) -> int:
+        dropped = 0
+        for identity, pids in list(self._identity_pids.items()):
+            live = {pid for pid in pids if alive(pid)}
+            if live:
+                self._identity_pids[identity] = live
+            else:
+                del self._identity_pids[identity]
+                dropped += self.core.drop_identity(identity)
+        return dropped
 
     # -- helpers -------------------------------------------------------------
 
@@ -600,6 +627,8 @@ class FenceOperations(pyfuse3.Operations):
             if self.core.get(handle.path) is not None:
                 self.core.observe(handle.path, handle.caller.identity, handle.caller.pid,
                                   version, epoch)
+                self._identity_pids.setdefault(handle.caller.identity, set()).add(
+                    handle.caller.pid)
         return data
 
     def _check_live(self, handle: Handle) -> None:
@@ -749,19 +778,28 @@ class FenceOperations(pyfuse3.Operations):
         await self._durable_dir(os.path.dirname(handle.path))
 
     async def _commit_append(self, handle: Handle) -> None:
-        """Append: the draft's bytes go after whatever content is current."""
+        """Append: the draft's bytes go after whatever content is current.
+
+        The combined content is built on a worker thread against the version
+        seen before; if another commit landed meanwhile it is rebuilt. After a
+        few lost races the build runs inline, inside the atomic step, so an
+        append always lands (only a reclaim can refuse it).
+        """
         claim = handle.claim
         appended = handle.draft
         assert claim is not None and appended is not None
         rel = handle.path
-        for _attempt in range(8):
+        for attempt in range(4):
             file = self.core.get(rel)
             assert file is not None
             seen = file.version
-            combined = await trio.to_thread.run_sync(
-                self._build_append, rel, appended, handle.caller,
-                Persisted(seen + 1, claim.epoch, file.policy))
-            # ---- atomic ----
+            persisted = Persisted(seen + 1, claim.epoch, file.policy)
+            if attempt < 3:
+                combined = await trio.to_thread.run_sync(
+                    self._build_append, rel, appended, handle.caller, persisted)
+            # ---- atomic: from here to the rename, no await (G3) ----
+            else:
+                combined = self._build_append(rel, appended, handle.caller, persisted)
             if file.version != seen or self.core.get(rel) is not file:
                 self.drafts.discard(combined)  # someone committed meanwhile: rebuild
                 continue
@@ -772,7 +810,7 @@ class FenceOperations(pyfuse3.Operations):
                 self._reject(handle, e, op="append")
                 raise
             self._fingerprints[rel] = Fingerprint.of(os.fstat(combined.fd))
-            # ---- end ----
+            # ---- end of the atomic step ----
             close_quietly(combined.fd)
             self.drafts.discard(appended)
             self.journal.record("commit", rel, identity=claim.identity, pid=claim.pid,
@@ -781,7 +819,7 @@ class FenceOperations(pyfuse3.Operations):
             handle.draft, handle.dirty, handle.append_at = None, False, 0
             await self._durable_dir(os.path.dirname(rel))
             return
-        raise pyfuse3.FUSEError(errno.EAGAIN)
+        raise AssertionError("an inline append build cannot lose a race")
 
     def _build_append(self, rel: str, appended: Draft, caller: Caller,
                       persisted: Persisted) -> Draft:
