@@ -83,13 +83,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return serve(backing, mountpoint, allow_other=args.allow_other, debug=args.debug,
                      durable=args.durability == "full", scope=args.identity,
                      ready_fd=args.ready_fd, max_observations=args.max_observations,
-                     upkeep_interval=args.upkeep_interval)
+                     upkeep_interval=args.upkeep_interval, policy=args.policy,
+                     lease_ttl=args.lease_ttl, wait=args.wait, sweep_after=args.sweep_after)
     read_fd, write_fd = os.pipe()
     logfile = os.path.join(backing, ".fencefs", "daemon.log")
     command = [sys.executable, "-m", "fencefs.cli", "mount", "--foreground",
                "--ready-fd", str(write_fd), "--log-file", logfile,
                "--durability", args.durability, "--identity", args.identity,
-               "--max-observations", str(args.max_observations)]
+               "--max-observations", str(args.max_observations),
+               "--policy", args.policy, "--lease-ttl", str(args.lease_ttl),
+               "--wait", str(args.wait), "--upkeep-interval", str(args.upkeep_interval)]
+    if args.sweep_after is not None:
+        command += ["--sweep-after", str(args.sweep_after)]
     if args.debug:
         command.append("--debug")
     if args.allow_other:
@@ -158,7 +163,44 @@ def _alive(pid: int) -> bool:
 # -- reclaim, status, log ----------------------------------------------------
 
 
+def _duration(text: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], units[unit]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
+    return value
+
+
 def cmd_reclaim(args: argparse.Namespace) -> int:
+    if args.expired or args.agent:
+        if args.expired and args.agent:
+            raise UsageError("reclaim takes --expired or --agent, not both")
+        if len(args.files) != 1:
+            raise UsageError("reclaim --expired/--agent takes one mount point")
+        mountpoint = args.files[0]
+        before = {r["file"]: r["epoch"] for r in _status_rows(mountpoint)}
+        name, value = (("user.fencefs.reclaim-expired", b"1") if args.expired
+                       else ("user.fencefs.reclaim-agent", args.agent.encode()))
+        try:
+            os.setxattr(mountpoint, name, value)
+        except OSError as e:
+            raise UsageError(f"{mountpoint}: {e.strerror}") from None
+        after = _status_rows(mountpoint)
+        done = [r for r in after if r["file"] in before and r["epoch"] != before[r["file"]]]
+        for row in done:
+            print(f"{row['file']}: reclaimed, epoch {row['epoch']}")
+        if not done:
+            print("nothing to reclaim")
+        return 0
     failed = 0
     for path in args.files:
         try:
@@ -176,11 +218,28 @@ def _claims_of(path: str) -> dict[str, object]:
     def get(name: str) -> str:
         return os.getxattr(path, f"user.fencefs.{name}").decode()
 
-    claims = []
+    claims: list[dict[str, Any]] = []
+    now = time.time()
     for line in get("claims").splitlines():
-        claims.append(dict(part.split("=", 1) for part in line.split() if "=" in part))
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        lease = fields.get("lease", "-")
+        claims.append({
+            "identity": fields.get("identity"), "pid": int(fields.get("pid", 0)),
+            "kind": fields.get("kind"), "version": int(fields.get("version", 0)),
+            "epoch": int(fields.get("epoch", 0)),
+            "lease_left": None if lease == "-" else round(float(lease) - now, 3),
+        })
     return {"file": path, "version": int(get("version")), "epoch": int(get("epoch")),
             "policy": get("policy"), "claims": claims}
+
+
+def _status_rows(mountpoint: str) -> list[dict[str, Any]]:
+    try:
+        raw = os.getxattr(mountpoint, STATUS_XATTR)
+    except OSError as e:
+        raise UsageError(f"{mountpoint}: not a fencefs mount ({e.strerror})") from None
+    rows: list[dict[str, Any]] = json.loads(raw)
+    return rows
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -193,22 +252,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             except OSError as e:
                 raise UsageError(f"{path}: {e.strerror}") from None
     else:
-        try:
-            raw = os.getxattr(args.mountpoint, STATUS_XATTR)
-        except OSError as e:
-            raise UsageError(f"{args.mountpoint}: not a fencefs mount ({e.strerror})") from None
-        rows = json.loads(raw)
+        rows = _status_rows(args.mountpoint)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'FILE':40} {'VER':>5} {'EPOCH':>5} {'POLICY':10} CLAIMS")
+    print(f"{'FILE':32} {'VER':>5} {'EPOCH':>5} {'POLICY':10} {'IDENTITY':20} {'PID':>7} "
+          f"{'KIND':5} {'RESTS ON':10} LEASE LEFT")
     for row in rows:
         claims: list[dict[str, Any]] = list(row["claims"]) or [{}]
         for i, claim in enumerate(claims):
-            head = (f"{str(row['file'])[-40:]:40} {row['version']:>5} {row['epoch']:>5} "
-                    f"{row['policy']:10}" if i == 0 else " " * 63)
-            detail = (" ".join(f"{k}={v}" for k, v in claim.items())) if claim else "-"
-            print(f"{head} {detail}")
+            head = (f"{str(row['file'])[-32:]:32} {row['version']:>5} {row['epoch']:>5} "
+                    f"{row['policy']:10}" if i == 0 else " " * 55)
+            if not claim:
+                print(f"{head} -")
+                continue
+            left = claim.get("lease_left")
+            lease = "-" if left is None else (f"{left:.1f}s" if left > 0 else "expired")
+            if claim["epoch"] != row["epoch"]:
+                lease = "revoked"
+            rests = f"v{claim['version']}/e{claim['epoch']}"
+            print(f"{head} {str(claim['identity'])[-20:]:20} {claim['pid']:>7} "
+                  f"{claim['kind']:5} {rests:10} {lease}")
     return 0
 
 
@@ -260,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "none: no fsync, a crash may lose acknowledged commits")
     m.add_argument("--identity", choices=("agent", "process", "thread", "session"),
                    default="agent", help="what one claim-holding identity is (docs/guide.md)")
+    m.add_argument("--policy", choices=("optimistic", "exclusive"), default="optimistic",
+                   help="policy of files that have none set (default optimistic)")
+    m.add_argument("--lease-ttl", type=_duration, default=60.0,
+                   help="lease of a write claim, renewed by each write and fsync "
+                        "(default 60s; accepts 500ms, 30s, 5m)")
+    m.add_argument("--wait", type=_duration, default=0.0,
+                   help="exclusive policy: how long an open waits for the holder "
+                        "before EBUSY (default 0: at once)")
+    m.add_argument("--sweep-after", type=_duration, default=None,
+                   help="reclaim write claims idle (no write/fsync/renew) this long")
     m.add_argument("--max-observations", type=int, default=100_000,
                    help="cap on remembered read claims (default 100000; oldest dropped)")
     m.add_argument("--upkeep-interval", type=float, default=2.0, help=argparse.SUPPRESS)
@@ -278,8 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
-    r = sub.add_parser("reclaim", help="revoke every claim on FILE (epoch + 1)")
-    r.add_argument("files", nargs="+")
+    r = sub.add_parser("reclaim", help="revoke every claim on FILE (epoch + 1)",
+                       usage="fencefs reclaim FILE... | --expired MOUNTPOINT | "
+                             "--agent ID MOUNTPOINT")
+    r.add_argument("files", nargs="+", metavar="FILE")
+    r.add_argument("--expired", action="store_true",
+                   help="reclaim every file whose write claim's lease has expired "
+                        "(the argument is the mount point)")
+    r.add_argument("--agent", metavar="ID",
+                   help="reclaim every file on which identity ID holds a claim "
+                        "(the argument is the mount point)")
     r.set_defaults(func=cmd_reclaim)
 
     lg = sub.add_parser("log", help="print the journal")

@@ -42,10 +42,15 @@ def serve(
     ready_fd: int | None = None,
     max_observations: int = 100_000,
     upkeep_interval: float = 2.0,
+    policy: str = "optimistic",
+    lease_ttl: float = 60.0,
+    wait: float = 0.0,
+    sweep_after: float | None = None,
 ) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns exit code."""
     ops = FenceOperations(backing, durable=durable, scope=scope,
-                          max_observations=max_observations)
+                          max_observations=max_observations, default_policy=policy,
+                          lease_ttl=lease_ttl, wait=wait, sweep_after=sweep_after)
     recovered = ops.recover()
     if recovered:
         log.warning("put away %d draft(s) left by an earlier daemon", recovered)

@@ -110,9 +110,10 @@ def test_reclaim_status_and_log(mount: Mount) -> None:
         rows = json.loads(status.stdout)
         row = next(r for r in rows if r["file"] == "plan.md")
         assert (row["version"], row["epoch"]) == (1, 1)
-        assert any(c["kind"] == "write" and c["epoch"] == "0" for c in row["claims"])
+        assert any(c["kind"] == "write" and c["epoch"] == 0 for c in row["claims"])
         table = fencefs("status", str(mount.mnt))
-        assert "plan.md" in table.stdout and "kind=write" in table.stdout
+        assert "plan.md" in table.stdout and "write v1/e0" in table.stdout
+        assert "revoked" in table.stdout
     finally:
         with pytest.raises(OSError):
             os.close(fd)

@@ -18,8 +18,8 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from fencefs.core.errors import Conflict, Fenced, FenceError
-from fencefs.core.model import OPTIMISTIC, Claim, FileState, Kind, Persisted
+from fencefs.core.errors import Busy, Conflict, Fenced, FenceError
+from fencefs.core.model import EXCLUSIVE, OPTIMISTIC, Claim, FileState, Kind, Persisted
 
 
 def decide(file: FileState, claim: Claim) -> type[FenceError] | None:
@@ -50,7 +50,15 @@ def _refuse(error: type[FenceError], file: FileState, claim: Claim) -> FenceErro
 class Coordinator:
     """Versions, epochs and claims of every known file, in memory."""
 
-    def __init__(self, max_observations: int = 100_000) -> None:
+    def __init__(
+        self,
+        max_observations: int = 100_000,
+        *,
+        default_policy: str = OPTIMISTIC,
+        lease_ttl: float = 60.0,
+    ) -> None:
+        self.default_policy = default_policy
+        self.lease_ttl = lease_ttl
         self._files: dict[str, FileState] = {}
         self._ids = itertools.count(1)
         # Observation claims, oldest first: the table is bounded, and when it
@@ -112,6 +120,23 @@ class Coordinator:
     def observations(self) -> int:
         return len(self._observed)
 
+    def policy_of(self, file: FileState) -> str:
+        return file.policy or self.default_policy
+
+    def live_holder(self, file: FileState, identity: str, now: float) -> Claim | None:
+        """Another identity's write claim that still holds the file: unrevoked
+        and with its lease running."""
+        for claim in file.writers.values():
+            if (claim.identity != identity and claim.epoch == file.epoch
+                    and claim.lease_expiry is not None and claim.lease_expiry > now):
+                return claim
+        return None
+
+    def expired_holders(self, file: FileState, now: float) -> list[Claim]:
+        return [c for c in file.writers.values()
+                if c.epoch == file.epoch and c.lease_expiry is not None
+                and c.lease_expiry <= now]
+
     def open_write(
         self,
         path: str,
@@ -120,7 +145,8 @@ class Coordinator:
         *,
         rewrite: bool,
         append: bool = False,
-        lease_expiry: float | None = None,
+        now: float = 0.0,
+        persist_epoch: Callable[[int], None] | None = None,
     ) -> Claim:
         """OpenWrite: give a new write handle its claim.
 
@@ -128,20 +154,49 @@ class Coordinator:
         on what the identity last read, and is refused now if that is already
         stale. Other opens start from the current content, so they rest on
         the current version. Appends rest on nothing but the epoch.
+
+        Under the exclusive policy another identity's live write claim makes
+        this Busy (ExclusiveGuard); once that claim's lease has expired, the
+        file is reclaimed first (LeaseExpiredReclaim, ``persist_epoch``) so
+        the old holder is fenced, and this claim rests on the new epoch.
         """
         file = self._files[path]
-        version, epoch = file.version, file.epoch
+        if self.policy_of(file) == EXCLUSIVE:
+            holder = self.live_holder(file, identity, now)
+            if holder is not None:
+                raise Busy(path, rested_version=holder.version, rested_epoch=holder.epoch,
+                           current_version=file.version, current_epoch=file.epoch)
+            if persist_epoch is not None and any(
+                    c.identity != identity for c in self.expired_holders(file, now)):
+                self.reclaim(path, persist_epoch)
         seen = file.readers.get(identity)
         if rewrite and not append and seen is not None:
             error = decide(file, seen)
             if error is not None:
                 raise _refuse(error, file, seen)
         claim = Claim(
-            next(self._ids), path, identity, pid, Kind.WRITE, version, epoch,
-            append=append, lease_expiry=lease_expiry,
+            next(self._ids), path, identity, pid, Kind.WRITE, file.version, file.epoch,
+            append=append, lease_expiry=now + self.lease_ttl, last_active=now,
         )
         file.writers[claim.id] = claim
         return claim
+
+    def renew(self, claim: Claim, now: float) -> None:
+        """A write, fsync or explicit renew extends the claim's lease."""
+        claim.lease_expiry = now + self.lease_ttl
+        claim.last_active = now
+
+    def idle_writers(self, now: float, idle_for: float) -> list[Claim]:
+        """Unrevoked write claims with no activity for ``idle_for`` seconds."""
+        return [c for f in self._files.values() for c in f.writers.values()
+                if c.epoch == f.epoch and c.last_active is not None
+                and now - c.last_active >= idle_for]
+
+    def expired_writers(self, now: float) -> list[Claim]:
+        return [c for f in self._files.values() for c in self.expired_holders(f, now)]
+
+    def claims_of(self, identity: str) -> list[Claim]:
+        return [c for f in self._files.values() for c in f.claims() if c.identity == identity]
 
     def check(self, claim: Claim) -> None:
         """Raise the typed error if ``claim`` could not commit now."""
@@ -224,7 +279,8 @@ class Coordinator:
         if file is not None:
             file.writers.pop(claim.id, None)
 
-    def set_policy(self, path: str, policy: str, persist: Callable[[str], None]) -> None:
+    def set_policy(self, path: str, policy: str | None,
+                   persist: Callable[[str | None], None]) -> None:
         file = self._files[path]
         persist(policy)
         file.policy = policy
@@ -263,5 +319,3 @@ class Coordinator:
                 dropped += 1
         return dropped
 
-    def default_policy(self) -> str:
-        return OPTIMISTIC

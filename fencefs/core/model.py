@@ -33,6 +33,8 @@ class Claim:
     append: bool = False
     # Monotonic deadline of the lease (write claims); None: no lease.
     lease_expiry: float | None = None
+    # Monotonic time of the last write, fsync or renew (for the idle sweep).
+    last_active: float | None = None
 
 
 @dataclass
@@ -42,7 +44,8 @@ class FileState:
     path: str
     version: int
     epoch: int
-    policy: str = OPTIMISTIC
+    # Set explicitly (setfattr) and persisted; None: the mount's default.
+    policy: str | None = None
     # Open write handles' claims, by claim id.
     writers: dict[int, Claim] = field(default_factory=dict)
     # Observation claims: the last (version, epoch) each identity was served.
@@ -58,4 +61,4 @@ class Persisted:
 
     version: int
     epoch: int
-    policy: str = OPTIMISTIC
+    policy: str | None = None

@@ -15,6 +15,8 @@ VERSION, EPOCH, CLAIMS, CLAIM, POLICY = (
 )
 RECLAIM, RENEW = PREFIX + "reclaim", PREFIX + "renew"
 STATUS = PREFIX + "status"  # on the mount's root: every file with claims, as JSON
+RECLAIM_EXPIRED = PREFIX + "reclaim-expired"  # on the root: value 1
+RECLAIM_AGENT = PREFIX + "reclaim-agent"  # on the root: value is an identity
 READABLE = (VERSION, EPOCH, CLAIMS, CLAIM, POLICY)
 
 
@@ -41,13 +43,13 @@ def format_claims(claims: list[Claim], now: float) -> bytes:
     return "".join(format_claim(c, now) + "\n" for c in claims).encode()
 
 
-def value_of(name: str, file: FileState, identity: str, now: float) -> bytes:
+def value_of(name: str, file: FileState, identity: str, now: float, policy: str) -> bytes:
     if name == VERSION:
         return str(file.version).encode()
     if name == EPOCH:
         return str(file.epoch).encode()
     if name == POLICY:
-        return file.policy.encode()
+        return policy.encode()
     if name == CLAIMS:
         return format_claims(file.claims(), now)
     if name == CLAIM:
@@ -55,7 +57,7 @@ def value_of(name: str, file: FileState, identity: str, now: float) -> bytes:
     raise KeyError(name)
 
 
-def status_of(files: Iterable[FileState], now: float) -> bytes:
+def status_of(files: Iterable[FileState], now: float, default_policy: str) -> bytes:
     rows = []
     for file in sorted(files, key=lambda f: f.path):
         claims = file.claims()
@@ -63,16 +65,37 @@ def status_of(files: Iterable[FileState], now: float) -> bytes:
             continue
         rows.append({
             "file": file.path, "version": file.version, "epoch": file.epoch,
-            "policy": file.policy,
-            "claims": [dict(p.split("=", 1) for p in format_claim(c, now).split())
-                       for c in claims],
+            "policy": file.policy or default_policy,
+            "claims": [claim_row(c, now) for c in claims],
         })
     return json.dumps(rows).encode()
 
 
-def parse_reclaim(value: bytes) -> None:
+def claim_row(claim: Claim, now: float) -> dict[str, object]:
+    return {
+        "identity": claim.identity, "pid": claim.pid, "kind": claim.kind.value,
+        "version": claim.version, "epoch": claim.epoch,
+        "lease_left": (None if claim.lease_expiry is None
+                       else round(claim.lease_expiry - now, 3)),
+    }
+
+
+def parse_reclaim(value: bytes, name: str = RECLAIM) -> None:
     if value.strip() != b"1":
-        raise BadValue(f"{RECLAIM} takes the value 1")
+        raise BadValue(f"{name} takes the value 1")
+
+
+def parse_identity(value: bytes) -> str:
+    """An identity as shown in claims (agent:ID, pid:N) or a bare agent ID."""
+    try:
+        text = value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise BadValue("identity must be UTF-8") from None
+    if not text or len(text) > 300 or any(not c.isprintable() for c in text):
+        raise BadValue("bad identity")
+    if text.startswith(("agent:", "pid:", "thread:", "session:")):
+        return text
+    return f"agent:{text}"
 
 
 def parse_policy(value: bytes) -> str:

@@ -152,3 +152,22 @@ def mount_id_of(mountpoint: str) -> int | None:
         if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
             found = int(fields[0])
     return found
+
+
+def signal_pending(tid: int) -> bool:
+    """True if thread ``tid`` has an unblocked signal waiting for it.
+
+    pyfuse3 does not deliver FUSE interrupts, so a handler that waits (an
+    exclusive open with --wait) polls this to answer EINTR when the caller
+    is being signalled.
+    """
+    status = _read(f"/proc/{tid}/status")
+    if not status:
+        return True  # the caller is gone: stop waiting for it
+    fields = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(b":")
+        if key in (b"SigPnd", b"ShdPnd", b"SigBlk"):
+            fields[key] = int(value.strip(), 16)
+    pending = fields.get(b"SigPnd", 0) | fields.get(b"ShdPnd", 0)
+    return bool(pending & ~fields.get(b"SigBlk", 0))

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from fencefs.core import Claim, Coordinator, FenceError, FileState, Persisted
-from fencefs.core.model import OPTIMISTIC
+from fencefs.core import Busy, Claim, Coordinator, FenceError, FileState, Persisted
+from fencefs.core.model import SHARED
 from fencefs.fuse import control
 from fencefs.fuse.boundary import error_boundary
 from fencefs.fuse.identity import (
@@ -35,6 +35,7 @@ from fencefs.fuse.identity import (
     alive,
     dying_by_signal,
     holds_for_writing,
+    signal_pending,
 )
 from fencefs.fuse.inodes import ROOT, InodeTable
 from fencefs.store.backing import META_DIR, Backing, Fingerprint
@@ -85,12 +86,19 @@ class FenceOperations(pyfuse3.Operations):
         durable: bool = True,
         scope: str = "agent",
         max_observations: int = 100_000,
+        default_policy: str = "optimistic",
+        lease_ttl: float = 60.0,
+        wait: float = 0.0,
+        sweep_after: float | None = None,
     ) -> None:
         super().__init__()
         self.backing = Backing(backing_root)
         self.drafts = Drafts(self.backing)
         self.journal = Journal(os.path.join(self.backing.meta, "journal.jsonl"))
-        self.core = Coordinator(max_observations=max_observations)
+        self.core = Coordinator(max_observations=max_observations,
+                                default_policy=default_policy, lease_ttl=lease_ttl)
+        self.wait = wait
+        self.sweep_after = sweep_after
         self.inodes = InodeTable()
         self.ids = IdentityResolver(scope)
         self.durable = durable
@@ -129,6 +137,17 @@ class FenceOperations(pyfuse3.Operations):
         while True:
             await trio.sleep(interval)
             self.prune_identities()
+            if self.sweep_after is not None:
+                await self.sweep(time.monotonic())
+
+    async def sweep(self, now: float) -> None:
+        """Reclaim files whose write claims sat idle past --sweep-after."""
+        assert self.sweep_after is not None
+        idle = {c.path for c in self.core.idle_writers(now, self.sweep_after)}
+        for path in sorted(idle):
+            file = self.core.get(path)
+            if file is not None:
+                await self._reclaim(file, Caller("fencefs-sweep", os.getpid()), reason="idle")
 
     def prune_identities(self) -> int:
         dropped = 0
@@ -560,34 +579,84 @@ class FenceOperations(pyfuse3.Operations):
             self.handles[handle.fh] = handle
             return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
         caller = self.ids.resolve(ctx.pid)
-        st = self._lstat(rel)
-        if not stat.S_ISREG(st.st_mode):
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        file = self._file(rel, st)
-        handle = Handle(next(self._fh), rel, inode, caller, ctx.pid)
         truncating = bool(flags & os.O_TRUNC)
         append = bool(flags & os.O_APPEND)
+        claim = None
         if writing:
-            try:
-                handle.claim = self.core.open_write(
-                    rel, caller.identity, caller.pid, rewrite=truncating, append=append)
-            except FenceError as e:
-                self.journal.record(e.reason, rel, identity=caller.identity, pid=caller.pid,
-                                    op="open", version=e.rested_version, epoch=e.rested_epoch,
-                                    current_version=e.current_version,
-                                    current_epoch=e.current_epoch)
-                raise
-        if not truncating:
-            handle.base_fd = os.open(self.backing.abs(rel),
-                                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            handle.served = (file.version, file.epoch)
-        if writing and truncating:
-            handle.draft = self.drafts.create(rel, caller.identity, caller.pid, None)
-            handle.dirty = True  # O_TRUNC alone changes the content
+            claim, rel, file = await self._acquire(inode, caller, ctx.pid,
+                                                   rewrite=truncating, append=append)
+        else:
+            st = self._lstat(rel)
+            if not stat.S_ISREG(st.st_mode):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            file = self._file(rel, st)
+        # ---- no await from here: the claim and the content it rests on ----
+        handle = Handle(next(self._fh), rel, inode, caller, ctx.pid, claim=claim)
+        try:
+            if not truncating:
+                handle.base_fd = os.open(self.backing.abs(rel),
+                                         os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                handle.served = (file.version, file.epoch)
+            if writing and truncating:
+                handle.draft = self.drafts.create(rel, caller.identity, caller.pid, None)
+                handle.dirty = True  # O_TRUNC alone changes the content
+        except BaseException:
+            if claim is not None:
+                self.core.release(claim)
+            if handle.base_fd is not None:
+                close_quietly(handle.base_fd)
+            raise
         self.handles[handle.fh] = handle
         # direct_io: no page cache, so a draft's bytes never reach other readers
         # and every reader gets the committed version its handle opened.
         return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
+
+    async def _acquire(self, inode: int, caller: Caller, tid: int, *, rewrite: bool,
+                       append: bool) -> tuple[Claim, str, FileState]:
+        """A write claim for the file at ``inode``, waiting out an exclusive
+        holder for up to --wait seconds (EBUSY after that, EINTR if the
+        caller is signalled meanwhile)."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            rel = self.inodes.path(inode)
+            st = self._lstat(rel)
+            if not stat.S_ISREG(st.st_mode):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            file = self._file(rel, st)
+            now = time.monotonic()
+            before = file.epoch
+            try:
+                claim = self.core.open_write(
+                    rel, caller.identity, caller.pid, rewrite=rewrite, append=append,
+                    now=now, persist_epoch=self._epoch_persister(file))
+            except Busy as e:
+                if now < deadline:
+                    if signal_pending(tid):
+                        raise pyfuse3.FUSEError(errno.EINTR) from None
+                    await trio.sleep(min(0.02, deadline - now))
+                    continue  # re-validate everything after the checkpoint
+                self._journal_refusal(e, rel, caller, "open")
+                raise
+            except FenceError as e:
+                self._journal_refusal(e, rel, caller, "open")
+                raise
+            if file.epoch != before:
+                self.journal.record("reclaim", rel, identity=caller.identity, pid=caller.pid,
+                                    version=file.version, epoch=before, new_epoch=file.epoch,
+                                    reason="lease-expired")
+            return claim, rel, file
+
+    def _journal_refusal(self, e: FenceError, rel: str, caller: Caller, op: str) -> None:
+        self.journal.record(e.reason, rel, identity=caller.identity, pid=caller.pid, op=op,
+                            version=e.rested_version, epoch=e.rested_epoch,
+                            current_version=e.current_version, current_epoch=e.current_epoch)
+
+    def _epoch_persister(self, file: FileState) -> Callable[[int], None]:
+        def persist(epoch: int) -> None:
+            fp = self.backing.write_state(
+                file.path, Persisted(file.version, epoch, file.policy), durable=self.durable)
+            self._fingerprints[file.path] = fp
+        return persist
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext
@@ -604,7 +673,8 @@ class FenceOperations(pyfuse3.Operations):
         caller = self.ids.resolve(ctx.pid)
         handle = Handle(next(self._fh), rel, 0, caller, ctx.pid)
         handle.claim = self.core.open_write(rel, caller.identity, caller.pid, rewrite=False,
-                                            append=bool(flags & os.O_APPEND))
+                                            append=bool(flags & os.O_APPEND),
+                                            now=time.monotonic())
         handle.base_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         handle.served = (file.version, file.epoch)
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
@@ -631,8 +701,8 @@ class FenceOperations(pyfuse3.Operations):
                     handle.caller.pid)
         return data
 
-    def _check_live(self, handle: Handle) -> None:
-        """The earliest error: a write on a handle that can no longer commit."""
+    def _check_live(self, handle: Handle, op: str = "write") -> None:
+        """The earliest error: a handle that can no longer commit."""
         if handle.error is not None:
             raise pyfuse3.FUSEError(handle.error)
         if handle.claim is None:
@@ -640,7 +710,7 @@ class FenceOperations(pyfuse3.Operations):
         try:
             self.core.check(handle.claim)
         except FenceError as e:
-            self._reject(handle, e, op="write")
+            self._reject(handle, e, op=op)
             raise
 
     async def _make_draft(self, handle: Handle, *, copy: bool) -> None:
@@ -675,6 +745,8 @@ class FenceOperations(pyfuse3.Operations):
             self._check_live(handle)
         written = self._write_draft(handle, off, buf)
         handle.dirty = True
+        assert handle.claim is not None
+        self.core.renew(handle.claim, time.monotonic())
         return written
 
     @staticmethod
@@ -704,7 +776,7 @@ class FenceOperations(pyfuse3.Operations):
             # G7: the kernel flushes a killed process's files; that is no commit.
             self._reject(handle, None, op="flush", reason="killed", signal=signal)
             raise pyfuse3.FUSEError(errno.EINTR)
-        self._check_live(handle)  # a known refusal is reported by any close
+        self._check_live(handle, "close")  # a known refusal is reported by any close
         if self._opener_still_holds(handle):
             # A dup or a forked child closed its copy (a shell's dup2 dance,
             # subprocess closing inherited descriptors); the opener still
@@ -729,16 +801,19 @@ class FenceOperations(pyfuse3.Operations):
             return
         if handle.error is not None:
             raise pyfuse3.FUSEError(handle.error)
+        if handle.claim is not None:
+            self._check_live(handle, "fsync")
+            self.core.renew(handle.claim, time.monotonic())
         if handle.writable and handle.dirty:
             await self._commit(handle)
 
     async def _commit(self, handle: Handle) -> None:
         claim = handle.claim
         assert claim is not None
-        self._check_live(handle)
+        self._check_live(handle, "commit")
         if handle.draft is None:
             await self._make_draft(handle, copy=False)
-            self._check_live(handle)
+            self._check_live(handle, "commit")
         if claim.append:
             await self._commit_append(handle)
             return
@@ -889,13 +964,15 @@ class FenceOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         text = os.fsdecode(name)
         if inode == ROOT and text == control.STATUS:
-            return control.status_of(self.core.files(), time.monotonic())
+            return control.status_of(self.core.files(), time.monotonic(),
+                                     self.core.default_policy)
         rel, file = self._regular_state(inode)
         if control.is_control(text):
             if file is None or text not in control.READABLE:
                 raise pyfuse3.FUSEError(errno.ENODATA)
             caller = self.ids.resolve(ctx.pid)
-            return control.value_of(text, file, caller.identity, time.monotonic())
+            return control.value_of(text, file, caller.identity, time.monotonic(),
+                                    self.core.policy_of(file))
         return os.getxattr(self.backing.abs(rel), name, follow_symlinks=False)
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -915,24 +992,56 @@ class FenceOperations(pyfuse3.Operations):
             self._refuse_meta(rel)
             os.setxattr(self.backing.abs(rel), name, value, follow_symlinks=False)
             return
+        caller = self.ids.resolve(ctx.pid)
+        if inode == ROOT and text in (control.RECLAIM_EXPIRED, control.RECLAIM_AGENT):
+            await self._reclaim_many(text, value, caller)
+            return
         if file is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        caller = self.ids.resolve(ctx.pid)
         if text == control.RECLAIM:
             control.parse_reclaim(value)
             await self._reclaim(file, caller, reason="operator")
+        elif text == control.RENEW:
+            control.parse_reclaim(value, control.RENEW)
+            now = time.monotonic()
+            mine = [c for c in file.writers.values() if c.identity == caller.identity]
+            if not mine:
+                raise pyfuse3.FUSEError(errno.ENOENT)  # no write claim of yours to renew
+            for claim in mine:
+                self.core.renew(claim, now)
         elif text == control.POLICY:
             policy = control.parse_policy(value)
-            if policy != OPTIMISTIC:
-                # Only the optimistic policy is implemented so far.
+            if policy == SHARED:
+                # In-place writes for lock-coordinated files: not built yet.
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-            def persist(p: str) -> None:
-                self.backing.write_state(rel, Persisted(file.version, file.epoch, p),
-                                         durable=self.durable)
+
+            def persist(p: str | None) -> None:
+                fp = self.backing.write_state(rel, Persisted(file.version, file.epoch, p),
+                                              durable=self.durable)
+                self._fingerprints[rel] = fp
 
             self.core.set_policy(rel, policy, persist)
+            self.journal.record("policy", rel, identity=caller.identity, pid=caller.pid,
+                                policy=policy)
         else:
             raise pyfuse3.FUSEError(errno.EINVAL)
+
+    async def _reclaim_many(self, name: str, value: bytes, caller: Caller) -> None:
+        """Root-level control: reclaim every file whose write claim expired,
+        or every file on which one identity holds a claim."""
+        now = time.monotonic()
+        if name == control.RECLAIM_EXPIRED:
+            control.parse_reclaim(value, name)
+            paths = {c.path for c in self.core.expired_writers(now)}
+            reason = "lease-expired"
+        else:
+            wanted = control.parse_identity(value)
+            paths = {c.path for c in self.core.claims_of(wanted)}
+            reason = f"agent:{wanted}"
+        for path in sorted(paths):
+            file = self.core.get(path)
+            if file is not None:
+                await self._reclaim(file, caller, reason=reason)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         text = os.fsdecode(name)
@@ -945,14 +1054,7 @@ class FenceOperations(pyfuse3.Operations):
     async def _reclaim(self, file: FileState, caller: Caller, *, reason: str) -> int:
         """Reclaim: the new epoch is on disk before anyone can observe it."""
         before = file.epoch
-
-        def persist(epoch: int) -> None:
-            fp = self.backing.write_state(file.path,
-                                          Persisted(file.version, epoch, file.policy),
-                                          durable=self.durable)
-            self._fingerprints[file.path] = fp
-
-        epoch = self.core.reclaim(file.path, persist)
+        epoch = self.core.reclaim(file.path, self._epoch_persister(file))
         self.journal.record("reclaim", file.path, identity=caller.identity, pid=caller.pid,
                             version=file.version, epoch=before, new_epoch=epoch,
                             reason=reason, revoked=len(file.writers))

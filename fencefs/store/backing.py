@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass
 
 from fencefs.core.errors import BadValue
-from fencefs.core.model import OPTIMISTIC, POLICIES, Persisted
+from fencefs.core.model import POLICIES, Persisted
 
 STATE_XATTR = "user.fencefs.state"
 META_DIR = ".fencefs"
@@ -35,26 +35,20 @@ class Fingerprint:
 
 
 def encode_state(persisted: Persisted, fp: Fingerprint) -> bytes:
-    return json.dumps(
-        {
-            "v": persisted.version,
-            "e": persisted.epoch,
-            "p": persisted.policy,
-            "ino": fp.ino,
-            "size": fp.size,
-            "mtime": fp.mtime_ns,
-        },
-        separators=(",", ":"),
-    ).encode()
+    state: dict[str, object] = {"v": persisted.version, "e": persisted.epoch}
+    if persisted.policy is not None:
+        state["p"] = persisted.policy
+    state.update(ino=fp.ino, size=fp.size, mtime=fp.mtime_ns)
+    return json.dumps(state, separators=(",", ":")).encode()
 
 
 def decode_state(raw: bytes) -> tuple[Persisted, Fingerprint | None]:
     """Parse the state attribute; garbage reads as a foreign file at v0."""
     try:
         d = json.loads(raw)
-        version, epoch, policy = int(d["v"]), int(d["e"]), str(d.get("p", OPTIMISTIC))
-        if version < 0 or epoch < 0 or policy not in POLICIES:
-            raise BadValue(policy)
+        version, epoch, policy = int(d["v"]), int(d["e"]), d.get("p")
+        if version < 0 or epoch < 0 or (policy is not None and policy not in POLICIES):
+            raise BadValue(str(policy))
         fp = Fingerprint(int(d["ino"]), int(d["size"]), int(d["mtime"]))
     except (ValueError, KeyError, TypeError, AttributeError):
         return Persisted(0, 0), None
