@@ -784,6 +784,10 @@ class FenceOperations(pyfuse3.Operations):
             return
         await self._commit(handle)
 
+    def _epoch_of(self, handle: Handle) -> int | None:
+        file = self.core.get(handle.path)
+        return file.epoch if file is not None else None
+
     def _opener_still_holds(self, handle: Handle) -> bool:
         if self.mount_id is None:
             return False
@@ -801,11 +805,14 @@ class FenceOperations(pyfuse3.Operations):
             return
         if handle.error is not None:
             raise pyfuse3.FUSEError(handle.error)
-        if handle.claim is not None:
-            self._check_live(handle, "fsync")
-            self.core.renew(handle.claim, time.monotonic())
-        if handle.writable and handle.dirty:
+        if handle.claim is None:
+            return
+        if handle.dirty:
             await self._commit(handle)
+        if handle.claim.epoch == self._epoch_of(handle):
+            # fsync renews a live claim's lease; a clean handle has nothing to
+            # commit, so a revoked one only learns it when it writes.
+            self.core.renew(handle.claim, time.monotonic())
 
     async def _commit(self, handle: Handle) -> None:
         claim = handle.claim
