@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -195,6 +194,15 @@ def events(mount: Mount, name: str) -> list[dict[str, object]]:
     return [e for e in mount.journal() if e["file"] == name]
 
 
+# The daemon's upkeep drops the observation claims of an identity once every
+# process that read under it has exited; for an agent whose reads are made by
+# short-lived tools (cat) that cuts a read-think-write race at a random moment
+# (test_shell_agent_observation_survives_thinking_time shows the bug). Tests
+# whose readers are short-lived tools run with the upkeep far away, so that
+# they test what they say and do not flake.
+NO_UPKEEP = ("--upkeep-interval", "3600")
+
+
 # -- 1. read, think, rewrite with O_TRUNC -------------------------------------
 
 
@@ -246,8 +254,9 @@ def test_file_moving_between_open_and_write_fails_that_write(
     assert len(kept) == 1 and (mount.backing / ".fencefs/rejected" / kept[0]).read_text() == "A\n"
 
 
-def test_shared_agent_identity_cat_then_python(mount: Mount) -> None:
+def test_shared_agent_identity_cat_then_python(make_mount: Callable[..., Mount]) -> None:
     """One agent reading with cat and writing with python: one identity."""
+    mount = make_mount(*NO_UPKEEP)
     path = mount.path("plan.md")
     write_blind(path, "v1\n")
     assert sh("cat plan.md", mount.mnt, agent="writer-a").stdout == "v1\n"
@@ -272,7 +281,8 @@ def test_shared_agent_identity_cat_then_python(mount: Mount) -> None:
 # -- 2. the same race with shell tools ----------------------------------------
 
 
-def test_shell_agents_heredoc_race(mount: Mount) -> None:
+def test_shell_agents_heredoc_race(make_mount: Callable[..., Mount]) -> None:
+    mount = make_mount(*NO_UPKEEP)
     path = mount.path("plan.md")
     write_blind(path, "# plan\n- step 1\n")
     # Each agent: one sh -c to read, a later sh -c to write, same FENCEFS_AGENT.
@@ -311,11 +321,34 @@ def test_shell_agents_heredoc_race(mount: Mount) -> None:
     assert read(path) == "blind write\n- beta's step\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fencefs bug: an agent identity's observation claims are dropped ~2 s after the "
-    "tool process that read (cat) exits (operations.py prune_identities/maintain), "
-    "although the agent itself is alive; its later stale heredoc write goes through "
-    "and the other agent's update is lost"))
+def test_one_script_reading_and_writing_needs_fencefs_agent(
+        make_mount: Callable[..., Mount]) -> None:
+    """In one shell script the cat that reads and the shell that opens the
+    heredoc's target are two processes: only FENCEFS_AGENT makes them one."""
+    mount = make_mount(*NO_UPKEEP)
+    outcomes = {}
+    for name, agent in (("plain.md", None), ("agent.md", "scripted")):
+        path = mount.path(name)
+        write_blind(path, "v1\n")
+        script = f"cat {name} >/dev/null; read go; " + heredoc(name, "from the script\n")
+        proc = subprocess.Popen(["sh", "-c", script], cwd=mount.mnt, env=clean_env(agent),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while "kind=read" not in xattr(path, "claims"):  # the script's cat has read
+            assert time.monotonic() < deadline, "the script's cat never read"
+            time.sleep(0.01)
+        sh(heredoc(name, "someone else's update\n"), mount.mnt, agent="other")
+        _, err = proc.communicate("go\n", timeout=30)
+        outcomes[agent] = (proc.returncode, read(path), err)
+    # Without FENCEFS_AGENT the heredoc write is blind: the update is lost.
+    assert outcomes[None] == (0, "from the script\n", "")
+    # With it, the cat's read covers the write: refused, the update is kept.
+    code, content, err = outcomes["scripted"]
+    assert code != 0 and "Resource temporarily unavailable" in err
+    assert content == "someone else's update\n"
+
+
 def test_shell_agent_observation_survives_thinking_time(
         mount: Mount, agents: Callable[..., Agent]) -> None:
     path = mount.path("plan.md")
@@ -416,7 +449,10 @@ def test_reclaim_between_read_and_write(mount: Mount, agents: Callable[..., Agen
     assert read(path) == "v1\n" and read(tmp) == "zombie via rename\n"
     assert (xattr(path, "version"), xattr(path, "epoch")) == ("1", "1")
     fenced = [e for e in events(mount, "plan.md") if e["event"] == "fenced"]
-    assert [e["op"] for e in fenced] == ["open", "rename", "truncate", "unlink"]
+    # (The kernel retries a path operation once on ESTALE, so each refusal
+    # may be journaled twice; the order of the operations is what counts.)
+    ops = [e["op"] for e in fenced]
+    assert sorted(set(ops), key=ops.index) == ["open", "rename", "truncate", "unlink"]
     assert all(e["epoch"] == 0 and e["current_epoch"] == 1 for e in fenced)
     # Re-acquiring deliberately: read again, then write.
     a.ok("read", path)
@@ -461,11 +497,6 @@ def test_stale_truncate_and_unlink_change_nothing(
     assert read(path) == "ab"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fencefs bug: an O_APPEND commit moves the appender's observation claim to the "
-    "version it created (coordinator.py Coordinator.commit, 'seen.version = new_version'), "
-    "so versions it never read count as read and its later stale O_TRUNC rewrite "
-    "loses another agent's update"))
 def test_append_does_not_refresh_stale_observation(
         mount: Mount, agents: Callable[..., Agent]) -> None:
     path = mount.path("plan.md")
@@ -482,10 +513,6 @@ def test_append_does_not_refresh_stale_observation(
     assert answer == {"err": "EAGAIN", "stage": "open"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fencefs bug: unlink drops the path's observation claims (operations.py unlink -> "
-    "core.removed) while the tombstone keeps its version, so after an unlink and "
-    "re-create a reader of the old content rewrites blind and erases the new content"))
 def test_observation_survives_unlink_and_recreate(
         mount: Mount, agents: Callable[..., Agent]) -> None:
     path = mount.path("plan.md")
@@ -514,37 +541,41 @@ APPENDER = textwrap.dedent("""
 """)
 
 
-def check_lines(lines: list[str], tags: list[str], count: int,
-                pattern: str = r"(\S+) (\d{5}) x{40}") -> None:
+def check_lines(lines: list[str], tags: list[str], count: int) -> None:
+    """Every line intact, every writer's lines present once and in its order."""
     assert len(lines) == len(tags) * count
     seen: dict[str, list[int]] = {t: [] for t in tags}
     for line in lines:
-        m = re.fullmatch(pattern, line)
+        m = re.fullmatch(r"(\S+) (\d{5}) x{40}", line)
         assert m, f"torn line {line!r}"
         seen[m.group(1)].append(int(m.group(2)))
     for tag in tags:
-        assert seen[tag] == list(range(count)) or seen[tag] == list(range(1, count + 1)), tag
+        assert seen[tag] == list(range(count)), tag
 
 
-def test_two_processes_append_1000_lines_each(make_mount: Callable[..., Mount]) -> None:
-    # 2,000 commits, each an fsync of draft, directory and journal with full
-    # durability (several seconds on this disk); this test is about
-    # interleaving, not durability, so the mount runs with --durability none.
-    mount = make_mount("--durability", "none")
+def test_two_processes_append_1000_lines_each(mount: Mount) -> None:
+    # Full durability: 2,000 commits take a few seconds here, well under 20 s.
     path = mount.path("log.txt")
     write_blind(path, "")
+    before = int(xattr(path, "version"))
     procs = [subprocess.Popen([sys.executable, "-c", APPENDER, path, tag, "1000"],
                               stdin=subprocess.PIPE, text=True, env=clean_env())
              for tag in ("A", "B")]
+    for p in procs:  # the barrier: both start appending together
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     for p in procs:
-        p.communicate("go\n", timeout=120)
+        p.communicate(timeout=120)
         assert p.returncode == 0
     with open(path) as f:
         lines = f.read().splitlines()
     check_lines(lines, ["A", "B"], 1000)
-    # Interleaved, not one after the other (both ran concurrently).
-    assert lines[:1000] != sorted(lines[:1000]) or lines[0][0] != lines[999][0]
-    assert xattr(path, "version") == "2001"
+    # They really ran concurrently: the two streams interleave.
+    switches = sum(1 for x, y in zip(lines, lines[1:], strict=False) if x[0] != y[0])
+    print(f"\n2 x 1000 appends: {switches} switches between the writers")
+    assert switches > 1
+    assert int(xattr(path, "version")) == before + 2000  # one commit per append
     assert not [e for e in mount.journal() if e["event"] in ("conflict", "fenced")]
 
 
@@ -566,7 +597,7 @@ def test_four_shells_append_with_echo(mount: Mount) -> None:
     assert per == {f"shell{n}": list(range(1, 201)) for n in range(4)}
 
 
-def test_append_lands_after_foreign_commit_and_is_fenced_only_by_reclaim(
+def test_append_lands_after_other_commits_and_only_reclaim_fences_it(
         mount: Mount, agents: Callable[..., Agent]) -> None:
     path = mount.path("log.txt")
     write_blind(path, "a\n")
@@ -665,6 +696,24 @@ def test_killed_writer_of_a_large_file_never_commits(mount: Mount, how: str) -> 
     assert not os.listdir(mount.backing / ".fencefs" / "drafts")
 
 
+def test_killed_appender_never_lands(mount: Mount) -> None:
+    path = mount.path("log.txt")
+    write_blind(path, "line 1\n")
+    code = ("import os,sys,time\nfd=os.open(sys.argv[1], os.O_WRONLY|os.O_APPEND)\n"
+            "os.write(fd, b'half a record')\nprint('written', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE,
+                            text=True, env=clean_env())
+    assert proc.stdout is not None and proc.stdout.readline() == "written\n"
+    proc.kill()
+    proc.communicate(timeout=30)
+    with open(mount.path("log.txt"), "a") as f:
+        f.write("line 2\n")
+    assert read(path) == "line 1\nline 2\n"
+    killed = [n for n in mount.rejected() if ".killed." in n]
+    assert len(killed) == 1
+    assert (mount.backing / ".fencefs/rejected" / killed[0]).read_bytes() == b"half a record"
+
+
 def test_exit_without_close_commits_a_large_write(mount: Mount) -> None:
     path = mount.path("big.bin")
     with open(path, "wb") as f:
@@ -724,7 +773,7 @@ def test_foreign_replace_by_rename_in_backing_dir(
 # -- 9. stress: read-increment-write ---------------------------------------------
 
 COUNTER = textwrap.dedent("""
-    import errno, json, os, sys
+    import errno, json, os, random, sys, time
     path, rounds = sys.argv[1], int(sys.argv[2])
     sys.stdin.readline()  # start together
     retries = {"open": 0, "write": 0, "close": 0, "torn_read": 0}
@@ -763,10 +812,13 @@ COUNTER = textwrap.dedent("""
             return False
         return True
 
-    done = 0
+    done = failed = 0
     while done < rounds:
         if attempt():
-            done += 1
+            done, failed = done + 1, 0
+        else:  # retry the whole round, after a short random backoff
+            failed += 1
+            time.sleep(random.uniform(0, 0.001 * min(2 ** failed, 16)))
     print(json.dumps(retries))
 """)
 
@@ -793,9 +845,10 @@ def run_counters(directory: str, procs: int = 8, rounds: int = 200) -> tuple[int
 
 def test_counter_stress_exact_through_mount_lossy_on_plain_dir(
         make_mount: Callable[..., Mount], tmp_path: Path) -> None:
-    # --durability none: 1,600 commits plus the refused attempts, each with
-    # three fsyncs under full durability, take far longer on this disk than
-    # the fencing needs; durability is tested elsewhere.
+    # --durability none: with full durability every commit and every refused
+    # draft costs fsyncs, and the run took 15-22 s on this 2-CPU machine;
+    # without them about 10 s. This test is about fencing (G1), which does not
+    # depend on fsync; durability (G6) is tested in test_mount_fencing.py.
     mount = make_mount("--durability", "none")
     start = time.monotonic()
     final, stats = run_counters(str(mount.mnt))
@@ -807,6 +860,8 @@ def test_counter_stress_exact_through_mount_lossy_on_plain_dir(
     assert retries["torn_read"] == 0  # G4: never a half-written file
     assert sum(retries.values()) > 0  # the processes really raced
     assert xattr(mount.path("counter"), "version") == "1601"
+    commits = [e for e in events(mount, "counter") if e["event"] == "commit"]
+    assert len(commits) == 1601
 
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -870,7 +925,8 @@ def test_claims_attributes_show_read_and_write_claims(
     assert "agent:reader-1 kind=read" in out
 
 
-def test_claims_of_exited_process_are_dropped(mount: Mount) -> None:
+def test_claims_of_exited_process_are_dropped(make_mount: Callable[..., Mount]) -> None:
+    mount = make_mount("--upkeep-interval", "0.2")
     path = mount.path("plan.md")
     write_blind(path, "v1\n")
     proc = subprocess.run([sys.executable, "-c",

@@ -217,12 +217,16 @@ class Coordinator:
         error = decide(file, claim)
         if error is not None:
             raise _refuse(error, file, claim)
-        new_version = file.version + 1
+        before = file.version
+        new_version = before + 1
         install(new_version, file.epoch)
         file.version = new_version
         claim.version = new_version
         seen = file.readers.get(claim.identity)
-        if seen is not None:
+        # The identity now knows the content it created, unless this was an
+        # append onto content it never read: then what it read stays stale.
+        if seen is not None and (not claim.append or
+                                 (seen.version, seen.epoch) == (before, file.epoch)):
             seen.version, seen.epoch = new_version, file.epoch
         return new_version
 
@@ -232,6 +236,7 @@ class Coordinator:
         identity: str,
         pid: int,
         install: Callable[[int, int], None],
+        now: float = 0.0,
     ) -> int:
         """A commit made by a path operation (rename over, truncate, unlink).
 
@@ -239,6 +244,11 @@ class Coordinator:
         current version when it never read it (a blind write).
         """
         file = self._files[path]
+        if self.policy_of(file) == EXCLUSIVE:
+            holder = self.live_holder(file, identity, now)
+            if holder is not None:  # ExclusiveGuard: path commits too
+                raise Busy(path, rested_version=holder.version, rested_epoch=holder.epoch,
+                           current_version=file.version, current_epoch=file.epoch)
         seen = file.readers.get(identity)
         base = seen if seen is not None else Claim(
             0, path, identity, pid, Kind.WRITE, file.version, file.epoch

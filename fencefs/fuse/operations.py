@@ -114,7 +114,8 @@ class FenceOperations(pyfuse3.Operations):
         # loses its observation claims (see maintain).
         self._identity_pids: dict[str, set[int]] = {}
         # Versions and epochs of unlinked paths: a recreated file continues them.
-        self._tombstones: dict[str, tuple[int, int]] = {}
+        # Observations survive too: claims belong to the path, not the inode.
+        self._tombstones: dict[str, tuple[int, int, list[Claim]]] = {}
 
     # -- start-up ------------------------------------------------------------
 
@@ -152,6 +153,10 @@ class FenceOperations(pyfuse3.Operations):
     def prune_identities(self) -> int:
         dropped = 0
         for identity, pids in list(self._identity_pids.items()):
+            if identity.startswith("agent:"):
+                # A named agent outlives the tools it runs (a `cat` that read
+                # for it exits at once): only the table's cap drops its reads.
+                continue
             live = {pid for pid in pids if alive(pid)}
             if live:
                 self._identity_pids[identity] = live
@@ -206,6 +211,9 @@ class FenceOperations(pyfuse3.Operations):
             if tomb is not None and saved is None:
                 persisted = Persisted(tomb[0], tomb[1])
             file = self.core.adopt(rel, persisted)
+            if tomb is not None and saved is None:
+                for seen in tomb[2]:
+                    self.core.observe(rel, seen.identity, seen.pid, seen.version, seen.epoch)
             if saved is not None and saved != fp:
                 self._adopt_foreign(file, fp)
             self._fingerprints[rel] = fp
@@ -446,7 +454,7 @@ class FenceOperations(pyfuse3.Operations):
         self._commit_path(file, caller, install, "unlink")
         gone = self.core.removed(rel)
         if gone is not None:
-            self._tombstones[rel] = (gone.version, gone.epoch)
+            self._tombstones[rel] = (gone.version, gone.epoch, list(gone.readers.values()))
         self._fingerprints.pop(rel, None)
         self.inodes.unlinked(parent_inode, os.fsdecode(name))
         await self._durable_dir(os.path.dirname(rel))
@@ -504,7 +512,8 @@ class FenceOperations(pyfuse3.Operations):
                      install: Callable[[int, int], None], event: str, **fields: object) -> int:
         """Check-and-install of a path operation. No await in here (G3)."""
         try:
-            version = self.core.commit_path(file.path, caller.identity, caller.pid, install)
+            version = self.core.commit_path(file.path, caller.identity, caller.pid, install,
+                                            now=time.monotonic())
         except FenceError as e:
             self.journal.record(e.reason, file.path, identity=caller.identity,
                                 pid=caller.pid, op=event, version=e.rested_version,
@@ -580,7 +589,8 @@ class FenceOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
         caller = self.ids.resolve(ctx.pid)
         truncating = bool(flags & os.O_TRUNC)
-        append = bool(flags & os.O_APPEND)
+        # O_TRUNC|O_APPEND replaces the content: a rewrite, not an append.
+        append = bool(flags & os.O_APPEND) and not truncating
         claim = None
         if writing:
             claim, rel, file = await self._acquire(inode, caller, ctx.pid,
@@ -653,8 +663,9 @@ class FenceOperations(pyfuse3.Operations):
 
     def _epoch_persister(self, file: FileState) -> Callable[[int], None]:
         def persist(epoch: int) -> None:
+            # Always fsynced, whatever --durability says: epochs never go down.
             fp = self.backing.write_state(
-                file.path, Persisted(file.version, epoch, file.policy), durable=self.durable)
+                file.path, Persisted(file.version, epoch, file.policy), durable=True)
             self._fingerprints[file.path] = fp
         return persist
 
@@ -674,7 +685,8 @@ class FenceOperations(pyfuse3.Operations):
         handle = Handle(next(self._fh), rel, 0, caller, ctx.pid)
         handle.claim = self.core.open_write(rel, caller.identity, caller.pid, rewrite=False,
                                             append=bool(flags & os.O_APPEND),
-                                            now=time.monotonic())
+                                            now=time.monotonic(),
+                                            persist_epoch=self._epoch_persister(file))
         handle.base_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         handle.served = (file.version, file.epoch)
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
@@ -1044,7 +1056,7 @@ class FenceOperations(pyfuse3.Operations):
         else:
             wanted = control.parse_identity(value)
             paths = {c.path for c in self.core.claims_of(wanted)}
-            reason = f"agent:{wanted}"
+            reason = f"identity={wanted}"
         for path in sorted(paths):
             file = self.core.get(path)
             if file is not None:
