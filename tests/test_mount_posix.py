@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -187,3 +188,16 @@ def test_unmount_and_remount_keep_files(mount: Mount) -> None:
     out = subprocess.run(["stat", "-f", "-c", "%T", str(mount.mnt)], capture_output=True,
                          text=True).stdout
     assert "fuse" in out
+
+
+def test_mount_is_private_to_the_mounting_user(mount: Mount) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    with open(mount.path("secret.txt"), "w") as f:
+        f.write("x")
+    code = ("import os,sys\nos.setgid(65534)\nos.setuid(65534)\n"
+            "try:\n    os.stat(sys.argv[1])\n    print('visible')\n"
+            "except OSError as e:\n    print(e.errno)\n")
+    out = subprocess.run([sys.executable, "-c", code, mount.path("secret.txt")],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(errno.EACCES)  # no allow_other: other users get EACCES

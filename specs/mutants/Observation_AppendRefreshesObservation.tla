@@ -1,5 +1,5 @@
--------------- MODULE Observation_CoreAppendAdvancesObservation --------------
-(* GAP (current core): Coordinator.commit moves the committing identity's   *)
+-------------- MODULE Observation_AppendRefreshesObservation --------------
+(* MUTANT (was a gap, fixed in Coordinator.commit): moving the identity's  *)
 (* observation to the new version after EVERY commit, appends included:    *)
 (*     seen = file.readers.get(claim.identity)                              *)
 (*     if seen is not None: seen.version, seen.epoch = new_version, ...     *)
