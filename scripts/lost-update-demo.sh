@@ -18,17 +18,8 @@
 # Environment: PYTHON (default .venv/bin/python of this repository).
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MOUNT_ARG=${1:-}
-[ -n "$MOUNT_ARG" ] && MOUNT_ARG=$(realpath "$MOUNT_ARG")
-cd "$REPO"
-PYTHON=${PYTHON:-.venv/bin/python}
-case $PYTHON in
-    */*) [ -x "$PYTHON" ] && PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON") ;;
-    *) PYTHON=$(command -v "$PYTHON" || echo "$PYTHON") ;;
-esac
-[ -x "$PYTHON" ] || { echo "lost-update-demo: $PYTHON not found: run scripts/setup first" >&2; exit 2; }
-fencefs() { "$PYTHON" -m fencefs.cli "$@"; }
+DEMO_NAME=lost-update-demo
+. "$(dirname "${BASH_SOURCE[0]}")/demo-common.sh"  # MOUNT_ARG, PYTHON, fencefs, say, check, demo_setup
 
 # The race, in Python: an orchestrator steps two agent processes through
 # read / open / write / close over pipes, so the interleaving is always the
@@ -129,10 +120,6 @@ INITIAL='{
 }
 '
 
-say() { printf '%s\n' "$*"; }
-banner() { printf '\n=== %s ===\n' "$*"; }
-show() { printf '  $ %s\n' "$*"; }
-
 reset_memory() {  # $1 = directory: memory.json back to its initial content
     FENCEFS_AGENT=setup "$PYTHON" -c '
 import os, sys
@@ -154,28 +141,7 @@ race() {  # $1 = directory, $2 = plain|fencefs; sets RACE_RC, EAGAINS
 }
 
 # -- setup: a plain directory, and a fencefs mount -----------------------------
-WORK=$(mktemp -d /tmp/fencefs-lost-update-demo.XXXXXX)
-MNT=$MOUNT_ARG
-OWN_MOUNT=
-cleanup() {
-    if [ -n "$OWN_MOUNT" ] && mountpoint -q "$MNT" 2>/dev/null; then
-        fencefs unmount "$MNT" >/dev/null 2>&1 || fusermount3 -u -z "$MNT" 2>/dev/null || true
-    fi
-    if ! mountpoint -q "$WORK/mnt" 2>/dev/null; then
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-mkdir -p "$WORK/plain"
-if [ -z "$MNT" ]; then
-    mkdir -p "$WORK/backing" "$WORK/mnt"
-    MNT=$WORK/mnt
-    fencefs mount "$WORK/backing" "$MNT" >/dev/null
-    OWN_MOUNT=1
-elif ! grep -q " $MNT fuse.fencefs " /proc/mounts; then
-    echo "lost-update-demo: $MNT is not a fencefs mount" >&2
-    exit 2
-fi
+demo_setup fencefs-lost-update-demo
 
 # -- 1: plain directory --------------------------------------------------------
 banner "Lost update on a plain directory ($WORK/plain)"
@@ -185,43 +151,21 @@ PLAIN_RC=$RACE_RC
 
 # -- 2: fencefs ----------------------------------------------------------------
 banner "Lost update on fencefs ($MNT)"
-rejected_before=$(ls "$MNT/.fencefs/rejected" 2>/dev/null | sort || true)
-journal_before=$(fencefs log "$MNT" "$MNT/memory.json" --json | wc -l)
+rejected_before=$(rejected_listing)
+journal_before=$(journal_length memory.json)
 race "$MNT" fencefs
 FENCE_RC=$RACE_RC
 show "getfattr -d -m user.fencefs memory.json"
 (cd "$MNT" && getfattr -d -m user.fencefs memory.json 2>&1 | sed '/^$/d; s/^/    /')
-new_rejected=$(comm -13 <(printf '%s\n' "$rejected_before") \
-    <(ls "$MNT/.fencefs/rejected" | sort) | grep 'conflict\.agent:agent-b\.memory\.json' || true)
-if [ -n "$new_rejected" ]; then
-    say "  agent-b's refused first version is kept:"
-    show "ls .fencefs/rejected/"
-    printf '%s\n' "$new_rejected" | sed 's/^/    /'
-    printf '%s\n' "$new_rejected" | while read -r f; do
-        sed 's/^/    | /' "$MNT/.fencefs/rejected/$f"
-    done
-fi
-say "  The journal:"
-show "fencefs log $MNT memory.json"
-fencefs log "$MNT" "$MNT/memory.json" \
-    | awk -v skip="$journal_before" 'NR == 1 || NR > skip + 1' | sed 's/^/    /'
+new_rejected=$(new_rejected_since "$rejected_before" 'conflict\.agent:agent-b\.memory\.json')
+show_rejected "  agent-b's refused first version is kept:" "$new_rejected"
+show_journal_since memory.json "$journal_before"
 
 # -- verdict -------------------------------------------------------------------
-ok=1
-check() {  # check WHAT COMMAND...: runs COMMAND, reports WHAT
-    local what=$1
-    shift
-    if "$@"; then say "  ok:     $what"; else say "  FAILED: $what"; ok=0; fi
-}
 new_journal=$(fencefs log "$MNT" "$MNT/memory.json" --json | tail -n +"$((journal_before + 1))")
 banner "Checks (fencefs half)"
 check "agent-b got EAGAIN once (got it $EAGAINS time(s))" test "$EAGAINS" -eq 1
 check "memory.json holds both agents' keys" test "$FENCE_RC" -eq 0
 check "agent-b's refused bytes are under .fencefs/rejected/" test -n "$new_rejected"
 check "the journal records the conflict" grep -qE '"event": *"conflict"' <<<"$new_journal"
-if [ "$ok" -eq 1 ]; then
-    say "lost-update-demo: PASS (no update was lost)"
-    exit 0
-fi
-say "lost-update-demo: FAIL"
-exit 1
+verdict "lost-update-demo: PASS (no update was lost)" "lost-update-demo: FAIL"

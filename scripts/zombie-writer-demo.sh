@@ -17,17 +17,8 @@
 # Environment: PYTHON (default .venv/bin/python of this repository).
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MOUNT_ARG=${1:-}
-[ -n "$MOUNT_ARG" ] && MOUNT_ARG=$(realpath "$MOUNT_ARG")
-cd "$REPO"
-PYTHON=${PYTHON:-.venv/bin/python}
-case $PYTHON in
-    */*) [ -x "$PYTHON" ] && PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON") ;;
-    *) PYTHON=$(command -v "$PYTHON" || echo "$PYTHON") ;;
-esac
-[ -x "$PYTHON" ] || { echo "zombie-demo: $PYTHON not found: run scripts/setup first" >&2; exit 2; }
-fencefs() { "$PYTHON" -m fencefs.cli "$@"; }
+DEMO_NAME=zombie-demo
+. "$(dirname "${BASH_SOURCE[0]}")/demo-common.sh"  # MOUNT_ARG, PYTHON, fencefs, say, check, demo_setup
 
 ESTALE=116
 AGENT_A=agent-a
@@ -87,10 +78,6 @@ import sys
 with open(sys.argv[1], "rb") as f:
     f.read()
 '
-
-say() { printf '%s\n' "$*"; }
-banner() { printf '\n=== %s ===\n' "$*"; }
-show() { printf '  $ %s\n' "$*"; }
 
 wait_stopped() {  # wait until process $1 is stopped (state T)
     local pid=$1 i state
@@ -155,33 +142,14 @@ scenario() {
 }
 
 # -- setup: a plain directory, and a fencefs mount -----------------------------
-WORK=$(mktemp -d /tmp/fencefs-zombie-demo.XXXXXX)
-MNT=$MOUNT_ARG
-OWN_MOUNT=
 ZPID=
-cleanup() {
-    if [ -n "$ZPID" ]; then  # a writer still stalled: end it, it holds the mount busy
+demo_before_cleanup() {  # a writer still stalled: end it, it holds the mount busy
+    if [ -n "$ZPID" ]; then
         kill -KILL "$ZPID" 2>/dev/null || true
         wait "$ZPID" 2>/dev/null || true
     fi
-    if [ -n "$OWN_MOUNT" ] && mountpoint -q "$MNT" 2>/dev/null; then
-        fencefs unmount "$MNT" >/dev/null 2>&1 || fusermount3 -u -z "$MNT" 2>/dev/null || true
-    fi
-    if ! mountpoint -q "$WORK/mnt" 2>/dev/null; then
-        rm -rf "$WORK"
-    fi
 }
-trap cleanup EXIT
-mkdir -p "$WORK/plain"
-if [ -z "$MNT" ]; then
-    mkdir -p "$WORK/backing" "$WORK/mnt"
-    MNT=$WORK/mnt
-    fencefs mount "$WORK/backing" "$MNT" >/dev/null
-    OWN_MOUNT=1
-elif ! grep -q " $MNT fuse.fencefs " /proc/mounts; then
-    echo "zombie-demo: $MNT is not a fencefs mount" >&2
-    exit 2
-fi
+demo_setup fencefs-zombie-demo
 
 # -- 1: plain directory --------------------------------------------------------
 banner "Zombie writer on a plain directory ($WORK/plain)"
@@ -195,32 +163,15 @@ fi
 
 # -- 2: fencefs ----------------------------------------------------------------
 banner "Zombie writer on fencefs ($MNT)"
-rejected_before=$(ls "$MNT/.fencefs/rejected" 2>/dev/null | sort || true)
-journal_before=$(fencefs log "$MNT" "$MNT/plan.md" --json | wc -l)
+rejected_before=$(rejected_listing)
+journal_before=$(journal_length plan.md)
 scenario "$MNT" fencefs
 show_claims "$MNT"
-new_rejected=$(comm -13 <(printf '%s\n' "$rejected_before") \
-    <(ls "$MNT/.fencefs/rejected" | sort) | grep "fenced\.agent:$AGENT_A\.plan\.md" || true)
-if [ -n "$new_rejected" ]; then
-    say "  agent-a's refused bytes are kept:"
-    show "ls .fencefs/rejected/"
-    printf '%s\n' "$new_rejected" | sed 's/^/    /'
-    printf '%s\n' "$new_rejected" | while read -r f; do
-        sed 's/^/    | /' "$MNT/.fencefs/rejected/$f"
-    done
-fi
-say "  The journal:"
-show "fencefs log $MNT plan.md"
-fencefs log "$MNT" "$MNT/plan.md" | awk -v skip="$journal_before" 'NR == 1 || NR > skip + 1' \
-    | sed 's/^/    /'
+new_rejected=$(new_rejected_since "$rejected_before" "fenced\.agent:$AGENT_A\.plan\.md")
+show_rejected "  agent-a's refused bytes are kept:" "$new_rejected"
+show_journal_since plan.md "$journal_before"
 
 # -- verdict -------------------------------------------------------------------
-ok=1
-check() {  # check WHAT COMMAND...: runs COMMAND, reports WHAT
-    local what=$1
-    shift
-    if "$@"; then say "  ok:     $what"; else say "  FAILED: $what"; ok=0; fi
-}
 same_content() { cmp -s "$1" <(printf '%s' "$2"); }
 new_journal=$(fencefs log "$MNT" "$MNT/plan.md" --json | tail -n +"$((journal_before + 1))")
 banner "Checks (fencefs half)"
@@ -230,9 +181,4 @@ check "plan.md holds agent-b's plan" same_content "$MNT/plan.md" "$AGENT_B_PLAN"
 check "agent-a's bytes are under .fencefs/rejected/" test -n "$new_rejected"
 check "the journal records the reclaim" grep -qE '"event": *"reclaim"' <<<"$new_journal"
 check "the journal records the fenced write" grep -qE '"event": *"fenced"' <<<"$new_journal"
-if [ "$ok" -eq 1 ]; then
-    say "zombie-writer-demo: PASS (the zombie was fenced)"
-    exit 0
-fi
-say "zombie-writer-demo: FAIL"
-exit 1
+verdict "zombie-writer-demo: PASS (the zombie was fenced)" "zombie-writer-demo: FAIL"
