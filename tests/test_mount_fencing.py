@@ -354,3 +354,38 @@ def test_claims_of_exited_identities_are_dropped(make_mount) -> None:  # type: i
         f.read()
     time.sleep(0.5)
     assert f"identity=pid:{os.getpid()} kind=read" in xattr(path, "claims")
+
+
+def drop_kernel_caches() -> bool:
+    """Make the kernel forget cached inodes (FUSE FORGET for each)."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+        return True
+    except OSError:
+        return False
+
+
+def test_state_survives_the_kernel_forgetting_the_file(mount: Mount) -> None:
+    path = mount.path("plan.md")
+    with open(path, "w") as f:
+        f.write("v1\n")
+    os.setxattr(path, "user.fencefs.reclaim", b"1")
+    writer = os.open(mount.path("held.md"), os.O_WRONLY | os.O_CREAT)
+    os.write(writer, b"held")
+    if not drop_kernel_caches():
+        if os.environ.get("CI"):
+            pytest.fail("cannot drop the kernel's caches")
+        pytest.skip("cannot drop the kernel's caches here")
+    # Forgotten state is re-read from the backing file, not reset.
+    assert (xattr(path, "version"), xattr(path, "epoch")) == ("1", "1")
+    # A claim keeps its file's state in memory: the handle still commits.
+    os.close(writer)
+    with open(mount.path("held.md")) as f:
+        assert f.read() == "held"
+    # A foreign write made while forgotten is still noticed.
+    (mount.backing / "plan.md").write_text("foreign, longer\n")
+    drop_kernel_caches()
+    assert xattr(path, "version") == "2"
+    assert any(e["event"] == "foreign" for e in mount.journal())

@@ -83,11 +83,13 @@ class Coordinator:
             self._files[path] = file
         return file
 
-    def forget(self, path: str) -> None:
+    def forget(self, path: str) -> bool:
         """Drop a file's in-memory state once nothing rests on it."""
         file = self._files.get(path)
         if file is not None and not file.writers and not file.readers:
             del self._files[path]
+            return True
+        return False
 
     # -- actions -----------------------------------------------------------
 
@@ -132,6 +134,13 @@ class Coordinator:
                 return claim
         return None
 
+    def _exclusive_guard(self, file: FileState, identity: str, now: float) -> None:
+        """ExclusiveGuard: Busy while another identity's live claim holds it."""
+        holder = self.live_holder(file, identity, now)
+        if holder is not None:
+            raise Busy(file.path, rested_version=holder.version, rested_epoch=holder.epoch,
+                       current_version=file.version, current_epoch=file.epoch)
+
     def expired_holders(self, file: FileState, now: float) -> list[Claim]:
         return [c for c in file.writers.values()
                 if c.epoch == file.epoch and c.lease_expiry is not None
@@ -162,10 +171,7 @@ class Coordinator:
         """
         file = self._files[path]
         if self.policy_of(file) == EXCLUSIVE:
-            holder = self.live_holder(file, identity, now)
-            if holder is not None:
-                raise Busy(path, rested_version=holder.version, rested_epoch=holder.epoch,
-                           current_version=file.version, current_epoch=file.epoch)
+            self._exclusive_guard(file, identity, now)
             if persist_epoch is not None and any(
                     c.identity != identity for c in self.expired_holders(file, now)):
                 self.reclaim(path, persist_epoch)
@@ -245,10 +251,7 @@ class Coordinator:
         """
         file = self._files[path]
         if self.policy_of(file) == EXCLUSIVE:
-            holder = self.live_holder(file, identity, now)
-            if holder is not None:  # ExclusiveGuard: path commits too
-                raise Busy(path, rested_version=holder.version, rested_epoch=holder.epoch,
-                           current_version=file.version, current_epoch=file.epoch)
+            self._exclusive_guard(file, identity, now)  # path commits too
         seen = file.readers.get(identity)
         base = seen if seen is not None else Claim(
             0, path, identity, pid, Kind.WRITE, file.version, file.epoch

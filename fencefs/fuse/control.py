@@ -80,7 +80,7 @@ def claim_row(claim: Claim, now: float) -> dict[str, object]:
     }
 
 
-def parse_reclaim(value: bytes, name: str = RECLAIM) -> None:
+def parse_one(value: bytes, name: str = RECLAIM) -> None:
     if value.strip() != b"1":
         raise BadValue(f"{name} takes the value 1")
 

@@ -66,15 +66,20 @@ class InodeTable:
         node.nlookup += 1
         return node
 
-    def forget(self, ino: int, count: int) -> None:
+    def forget(self, ino: int, count: int) -> str | None:
+        """Count down; returns the path of a node the kernel no longer knows."""
         node = self._by_ino.get(ino)
         if node is None or ino == ROOT:
-            return
+            return None
         node.nlookup -= count
-        if node.nlookup <= 0:
-            del self._by_ino[ino]
-            if self._by_key.get((node.parent, node.name)) is node:
-                del self._by_key[(node.parent, node.name)]
+        if node.nlookup > 0:
+            return None
+        attached = self._by_key.get((node.parent, node.name)) is node
+        path = self.path(ino) if attached and node.parent in self._by_ino else None
+        del self._by_ino[ino]
+        if attached:
+            del self._by_key[(node.parent, node.name)]
+        return path
 
     def unlinked(self, parent: int, name: str) -> None:
         """The entry is gone; a still-known node keeps its number, detached."""

@@ -69,6 +69,7 @@ class Handle:
     error: int | None = None
     meta: bool = False
     served: tuple[int, int] | None = None  # (version, epoch) of base_fd
+    observed: tuple[int, int] | None = None  # what read() last recorded
 
     @property
     def writable(self) -> bool:
@@ -110,8 +111,8 @@ class FenceOperations(pyfuse3.Operations):
         self._dirs: dict[int, tuple[int, list[tuple[str, os.stat_result]]]] = {}
         # Last content fingerprint fencefs itself produced or adopted, per path.
         self._fingerprints: dict[str, Fingerprint] = {}
-        # Processes seen per identity: an identity whose processes all exited
-        # loses its observation claims (see maintain).
+        # Reading processes per identity (named agents excepted): an identity
+        # whose processes all exited loses its observation claims (maintain).
         self._identity_pids: dict[str, set[int]] = {}
         # Versions and epochs of unlinked paths: a recreated file continues them.
         # Observations survive too: claims belong to the path, not the inode.
@@ -153,10 +154,6 @@ class FenceOperations(pyfuse3.Operations):
     def prune_identities(self) -> int:
         dropped = 0
         for identity, pids in list(self._identity_pids.items()):
-            if identity.startswith("agent:"):
-                # A named agent outlives the tools it runs (a `cat` that read
-                # for it exits at once): only the table's cap drops its reads.
-                continue
             live = {pid for pid in pids if alive(pid)}
             if live:
                 self._identity_pids[identity] = live
@@ -222,19 +219,27 @@ class FenceOperations(pyfuse3.Operations):
             self._fingerprints[rel] = fp
         return file
 
+    def _persist_state(self, file: FileState, *, version: int | None = None,
+                       epoch: int | None = None, policy: str | None = None,
+                       keep_policy: bool = True, durable: bool) -> None:
+        """Write a file's state onto its backing file (content unchanged) and
+        remember the fingerprint that goes with it."""
+        state = Persisted(file.version if version is None else version,
+                          file.epoch if epoch is None else epoch,
+                          file.policy if keep_policy else policy)
+        self._fingerprints[file.path] = self.backing.write_state(
+            file.path, state, durable=durable)
+
     def _adopt_foreign(self, file: FileState, fp: Fingerprint) -> None:
         old = file.version
 
         def persist(version: int, epoch: int) -> None:
-            self.backing.write_state(file.path, Persisted(version, epoch, file.policy),
-                                     durable=False)
+            try:
+                self._persist_state(file, version=version, durable=False)
+            except OSError as e:  # e.g. the file vanished again: adopt in memory
+                log.warning("could not persist foreign write on %s: %s", file.path, e)
 
-        try:
-            new = self.core.adopt_foreign(file.path, persist)
-        except OSError as e:  # e.g. the file vanished again: adopt in memory
-            log.warning("could not persist foreign write on %s: %s", file.path, e)
-            file.version += 1
-            new = file.version
+        new = self.core.adopt_foreign(file.path, persist)
         self.journal.record("foreign", file.path, version=old, new_version=new,
                             epoch=file.epoch, size=fp.size)
 
@@ -285,7 +290,11 @@ class FenceOperations(pyfuse3.Operations):
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
-            self.inodes.forget(ino, count)
+            gone = self.inodes.forget(ino, count)
+            if gone is not None and self.core.forget(gone):
+                # Everything it held is persisted with the file: re-read on
+                # the next lookup, so memory follows the kernel's working set.
+                self._fingerprints.pop(gone, None)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
@@ -324,11 +333,8 @@ class FenceOperations(pyfuse3.Operations):
     def _refresh_fingerprint(self, rel: str) -> None:
         """Our own metadata change moved the mtime: not a foreign write."""
         file = self.core.get(rel)
-        if file is None or not self.backing.is_regular(rel):
-            return
-        fp = self.backing.write_state(
-            rel, Persisted(file.version, file.epoch, file.policy), durable=False)
-        self._fingerprints[rel] = fp
+        if file is not None and self.backing.is_regular(rel):
+            self._persist_state(file, durable=False)
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         rel = self.inodes.path(inode)
@@ -507,18 +513,21 @@ class FenceOperations(pyfuse3.Operations):
                 if handle.draft is not None:
                     handle.draft.target = handle.path
         await self._durable_dir(os.path.dirname(new))
+        if os.path.dirname(old) != os.path.dirname(new):
+            await self._durable_dir(os.path.dirname(old))
 
     def _commit_path(self, file: FileState, caller: Caller,
-                     install: Callable[[int, int], None], event: str, **fields: object) -> int:
-        """Check-and-install of a path operation. No await in here (G3)."""
+                     install: Callable[[int, int], None], event: str,
+                     draft: Draft | None = None, **fields: object) -> int:
+        """Check-and-install of a path operation. No await in here (G3).
+        A refused ``draft`` is kept under rejected/."""
         try:
             version = self.core.commit_path(file.path, caller.identity, caller.pid, install,
                                             now=time.monotonic())
         except FenceError as e:
-            self.journal.record(e.reason, file.path, identity=caller.identity,
-                                pid=caller.pid, op=event, version=e.rested_version,
-                                epoch=e.rested_epoch, current_version=e.current_version,
-                                current_epoch=e.current_epoch)
+            name = (self.drafts.reject(draft, caller.identity, e.reason)
+                    if draft is not None else None)
+            self._journal_refusal(e, file.path, caller, event, rejected=name)
             raise
         self.journal.record("commit", file.path, identity=caller.identity, pid=caller.pid,
                             op=event, new_version=version, epoch=file.epoch, **fields)
@@ -562,10 +571,8 @@ class FenceOperations(pyfuse3.Operations):
             self.drafts.install(draft)
 
         try:
-            self._commit_path(file, caller, install, "truncate", size=size)
-        except FenceError as e:
-            name = self.drafts.reject(draft, caller.identity, e.reason)
-            self.journal.record("rejected", rel, identity=caller.identity, rejected=name)
+            self._commit_path(file, caller, install, "truncate", draft=draft, size=size)
+        except FenceError:
             raise
         except BaseException:
             self.drafts.discard(draft)
@@ -656,18 +663,16 @@ class FenceOperations(pyfuse3.Operations):
                                     reason="lease-expired")
             return claim, rel, file
 
-    def _journal_refusal(self, e: FenceError, rel: str, caller: Caller, op: str) -> None:
+    def _journal_refusal(self, e: FenceError, rel: str, caller: Caller, op: str,
+                         **fields: object) -> None:
         self.journal.record(e.reason, rel, identity=caller.identity, pid=caller.pid, op=op,
                             version=e.rested_version, epoch=e.rested_epoch,
-                            current_version=e.current_version, current_epoch=e.current_epoch)
+                            current_version=e.current_version, current_epoch=e.current_epoch,
+                            **fields)
 
     def _epoch_persister(self, file: FileState) -> Callable[[int], None]:
-        def persist(epoch: int) -> None:
-            # Always fsynced, whatever --durability says: epochs never go down.
-            fp = self.backing.write_state(
-                file.path, Persisted(file.version, epoch, file.policy), durable=True)
-            self._fingerprints[file.path] = fp
-        return persist
+        # Always fsynced, whatever --durability says: epochs never go down.
+        return lambda epoch: self._persist_state(file, epoch=epoch, durable=True)
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext
@@ -704,17 +709,28 @@ class FenceOperations(pyfuse3.Operations):
         if handle.base_fd is None:
             return b""
         data = os.pread(handle.base_fd, size, off)
-        if handle.served is not None and not handle.meta and not handle.dirty:
-            version, epoch = handle.served
-            if self.core.get(handle.path) is not None:
-                self.core.observe(handle.path, handle.caller.identity, handle.caller.pid,
-                                  version, epoch)
-                self._identity_pids.setdefault(handle.caller.identity, set()).add(
-                    handle.caller.pid)
+        if handle.served != handle.observed and not handle.meta and not handle.dirty:
+            self._observe(handle)
         return data
 
-    def _check_live(self, handle: Handle, op: str = "write") -> None:
-        """The earliest error: a handle that can no longer commit."""
+    def _observe(self, handle: Handle) -> None:
+        """Record what this handle serves, once per version (reads are hot)."""
+        assert handle.served is not None
+        if self.core.get(handle.path) is None:
+            return
+        version, epoch = handle.served
+        caller = handle.caller
+        self.core.observe(handle.path, caller.identity, caller.pid, version, epoch)
+        handle.observed = handle.served
+        if not caller.identity.startswith("agent:"):
+            # A named agent outlives the tools that read for it (a `cat`
+            # exits at once): its reads are dropped only by the table's cap.
+            self._identity_pids.setdefault(caller.identity, set()).add(caller.pid)
+
+    def _check_live(self, handle: Handle, op: str = "write",
+                    refused_write: tuple[int, bytes] | None = None) -> None:
+        """The earliest error: a handle that can no longer commit. A refused
+        write's own bytes go to rejected/ with the draft."""
         if handle.error is not None:
             raise pyfuse3.FUSEError(handle.error)
         if handle.claim is None:
@@ -722,6 +738,8 @@ class FenceOperations(pyfuse3.Operations):
         try:
             self.core.check(handle.claim)
         except FenceError as e:
+            if refused_write is not None and handle.draft is not None:
+                self._write_draft(handle, *refused_write)
             self._reject(handle, e, op=op)
             raise
 
@@ -740,21 +758,11 @@ class FenceOperations(pyfuse3.Operations):
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self.handles[fh]
-        if handle.error is None and handle.claim is not None:
-            try:
-                self.core.check(handle.claim)
-            except FenceError as e:
-                # Refused at the earliest call: keep what it tried to write too.
-                if handle.draft is None:
-                    await self._make_draft(handle, copy=True)
-                if handle.draft is not None:
-                    self._write_draft(handle, off, buf)
-                self._reject(handle, e, op="write")
-                raise
-        self._check_live(handle)
-        if handle.draft is None:
+        if handle.draft is None and handle.error is None and handle.claim is not None:
             await self._make_draft(handle, copy=True)
-            self._check_live(handle)
+        # Checked after the draft exists (its copy may have awaited), so a
+        # refusal keeps what the handle wrote, this write included.
+        self._check_live(handle, refused_write=(off, buf))
         written = self._write_draft(handle, off, buf)
         handle.dirty = True
         assert handle.claim is not None
@@ -1018,10 +1026,10 @@ class FenceOperations(pyfuse3.Operations):
         if file is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
         if text == control.RECLAIM:
-            control.parse_reclaim(value)
+            control.parse_one(value)
             await self._reclaim(file, caller, reason="operator")
         elif text == control.RENEW:
-            control.parse_reclaim(value, control.RENEW)
+            control.parse_one(value, control.RENEW)
             now = time.monotonic()
             mine = [c for c in file.writers.values() if c.identity == caller.identity]
             if not mine:
@@ -1034,12 +1042,8 @@ class FenceOperations(pyfuse3.Operations):
                 # In-place writes for lock-coordinated files: not built yet.
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
 
-            def persist(p: str | None) -> None:
-                fp = self.backing.write_state(rel, Persisted(file.version, file.epoch, p),
-                                              durable=self.durable)
-                self._fingerprints[rel] = fp
-
-            self.core.set_policy(rel, policy, persist)
+            self.core.set_policy(rel, policy, lambda p: self._persist_state(
+                file, policy=p, keep_policy=False, durable=self.durable))
             self.journal.record("policy", rel, identity=caller.identity, pid=caller.pid,
                                 policy=policy)
         else:
@@ -1050,7 +1054,7 @@ class FenceOperations(pyfuse3.Operations):
         or every file on which one identity holds a claim."""
         now = time.monotonic()
         if name == control.RECLAIM_EXPIRED:
-            control.parse_reclaim(value, name)
+            control.parse_one(value, name)
             paths = {c.path for c in self.core.expired_writers(now)}
             reason = "lease-expired"
         else:

@@ -11,9 +11,6 @@ import os
 import time
 from typing import Any
 
-EVENTS = ("commit", "conflict", "fenced", "busy", "reclaim", "killed", "foreign",
-          "abandoned", "unlink", "rename")
-
 
 class Journal:
     def __init__(self, path: str) -> None:
