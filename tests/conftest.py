@@ -60,6 +60,13 @@ class Mount:
     def path(self, name: str) -> str:
         return str(self.mnt / name)
 
+    def seed(self, name: str, text: str) -> str:
+        """Write ``name`` through the mount (a blind commit); its path."""
+        path = self.path(name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
     def start(self) -> None:
         command = [sys.executable, "-m", "fencefs.cli", "mount", "--foreground",
                    "--log-file", str(self.logfile), *self.extra,
@@ -154,6 +161,14 @@ def make_mount(tmp_path: Path) -> Iterator[object]:
     for m in made:
         log = m.log()
         assert "Traceback" not in log and " ERROR " not in log, f"daemon logged errors:\n{log}"
+
+
+def open_barrier(procs: list[subprocess.Popen[str]]) -> None:
+    """Release processes that each wait for a line on stdin, all at once."""
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
 
 
 def run_py(code: str, *args: str, env: dict[str, str] | None = None,

@@ -45,6 +45,14 @@ class Model:
             return errno.EAGAIN  # VersionGuard
         return None
 
+    def _refuse(self, h: Handle) -> int | None:
+        """A handle that can no longer commit is dead from then on."""
+        f = self.files[h.file]
+        error = self._decide(f, h.version, h.epoch, append=h.mode == "append")
+        if error is not None:
+            h.error, h.dirty = error, False
+        return error
+
     # -- actions ------------------------------------------------------------
 
     def create(self, name: str) -> None:
@@ -71,11 +79,8 @@ class Model:
         h = self.handles[hid]
         if h.error is not None:
             return h.error
-        f = self.files[h.file]
-        error = self._decide(f, h.version, h.epoch, append=h.mode == "append")
+        error = self._refuse(h)
         if error is not None:
-            h.error = error
-            h.dirty = False
             return error
         if h.mode == "append":
             h.content += data
@@ -91,12 +96,10 @@ class Model:
             return h.error
         if not h.dirty:
             return None
-        f = self.files[h.file]
-        error = self._decide(f, h.version, h.epoch, append=h.mode == "append")
+        error = self._refuse(h)
         if error is not None:
-            h.error = error
-            h.dirty = False
             return error
+        f = self.files[h.file]
         f.content = f.content + h.content if h.mode == "append" else h.content
         f.version += 1
         h.version = f.version

@@ -98,9 +98,7 @@ def test_background_mount_and_unmount_waits_for_daemon(tmp_path: Path) -> None:
 
 
 def test_reclaim_status_and_log(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("x")
+    path = mount.seed("plan.md", "x")
     fd = os.open(path, os.O_RDWR)
     os.write(fd, b"zombie")
     try:
@@ -135,9 +133,7 @@ def test_reclaim_on_plain_file_fails_clearly(tmp_path: Path) -> None:
 
 
 def test_setfattr_bad_values_change_nothing(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("x")
+    path = mount.seed("plan.md", "x")
     before = {n: os.getxattr(path, f"user.fencefs.{n}") for n in ("version", "epoch", "policy")}
     for name, value in [("reclaim", b"2"), ("reclaim", b"yes"), ("reclaim", b"\xff\x00"),
                         ("reclaim", b""), ("policy", b"chaos"), ("policy", b"\xff"),

@@ -59,10 +59,7 @@ def xattr(path: str, name: str) -> str:
 
 
 def seed(mount: Mount, name: str = "plan.md", text: str = "v1") -> str:
-    path = mount.path(name)
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    return mount.seed(name, text)
 
 
 def test_exclusive_second_writer_gets_ebusy(mount: Mount) -> None:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import Mount, run_py
+from tests.conftest import Mount, open_barrier, run_py
 
 # A writer process: opens FILE for writing, says "ready", waits for a line on
 # stdin, writes its payload, closes, and prints the outcome.
@@ -54,9 +54,7 @@ def xattr(path: str, name: str) -> str:
 
 
 def test_draft_is_private_until_commit(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("committed v1\n")
+    path = mount.seed("plan.md", "committed v1\n")
     fd = os.open(path, os.O_RDWR)
     os.write(fd, b"DRAFT" * 2000)
     # Another process sees only committed content and size (G4).
@@ -88,9 +86,7 @@ def test_open_reader_keeps_its_version(mount: Mount) -> None:
 
 
 def test_two_handles_first_commit_wins(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("base\n")
+    path = mount.seed("plan.md", "base\n")
     a = os.open(path, os.O_RDWR)
     b = os.open(path, os.O_RDWR)
     os.write(b, b"loser wrote first\n")  # before the winner commits: lands in b's draft
@@ -115,9 +111,7 @@ def test_two_handles_first_commit_wins(mount: Mount) -> None:
 
 
 def test_write_after_file_moved_gets_eagain(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("base\n")
+    path = mount.seed("plan.md", "base\n")
     stale = os.open(path, os.O_WRONLY)
     with open(path, "w") as f:
         f.write("someone else\n")
@@ -132,14 +126,9 @@ def test_write_after_file_moved_gets_eagain(mount: Mount) -> None:
 
 
 def test_eight_writers_one_winner(mount: Mount) -> None:
-    path = mount.path("race.json")
-    with open(path, "w") as f:
-        f.write("{}")
+    path = mount.seed("race.json", "{}")
     writers = [spawn_writer(path, f'{{"writer": {i}}}') for i in range(8)]
-    for w in writers:  # the barrier: all claims rest on the same version
-        assert w.stdin is not None
-        w.stdin.write("go\n")
-        w.stdin.flush()
+    open_barrier(writers)  # all claims rest on the same version
     outcomes = []
     for w in writers:
         out, _ = w.communicate(timeout=30)
@@ -157,9 +146,7 @@ def test_eight_writers_one_winner(mount: Mount) -> None:
 
 
 def test_zombie_writer_sigstop_reclaim(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("original plan\n")
+    path = mount.seed("plan.md", "original plan\n")
     zombie = spawn_writer(path, "stale plan from the zombie\n", "trunc")
     zombie.send_signal(signal.SIGSTOP)
     assert zombie.stdin is not None
@@ -181,9 +168,7 @@ def test_zombie_writer_sigstop_reclaim(mount: Mount) -> None:
 
 
 def test_reclaim_fences_close_and_fsync(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("v1\n")
+    path = mount.seed("plan.md", "v1\n")
     a = os.open(path, os.O_RDWR)
     os.write(a, b"zombie bytes")
     b = os.open(path, os.O_RDWR)
@@ -206,9 +191,7 @@ def test_reclaim_fences_close_and_fsync(mount: Mount) -> None:
 
 
 def test_fsync_commits_and_second_flush_commits_only_new_writes(mount: Mount) -> None:
-    path = mount.path("notes.md")
-    with open(path, "w") as f:
-        f.write("")
+    path = mount.seed("notes.md", "")
     fd = os.open(path, os.O_RDWR)
     os.write(fd, b"first\n")
     os.fsync(fd)  # commits: another process sees it while fd stays open
@@ -227,9 +210,7 @@ def test_fsync_commits_and_second_flush_commits_only_new_writes(mount: Mount) ->
 
 
 def test_forked_child_close_does_not_commit(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("v1\n")
+    path = mount.seed("plan.md", "v1\n")
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     os.write(fd, b"half")
     # subprocess closes inherited descriptors in the child: a FLUSH per close.
@@ -297,9 +278,7 @@ def test_versions_and_epochs_survive_remount(mount: Mount) -> None:
 
 
 def test_acknowledged_commit_survives_daemon_kill(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("acknowledged\n")
+    path = mount.seed("plan.md", "acknowledged\n")
     os.setxattr(path, "user.fencefs.reclaim", b"1")
     mount.kill()
     mount.start()
@@ -309,9 +288,7 @@ def test_acknowledged_commit_survives_daemon_kill(mount: Mount) -> None:
 
 
 def test_claims_attributes(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("x")
+    path = mount.seed("plan.md", "x")
     fd = os.open(path, os.O_RDWR)
     claims = xattr(path, "claims").splitlines()
     mine = [c for c in claims if f"pid={os.getpid()}" in c and "kind=write" in c]
@@ -329,9 +306,7 @@ def test_claims_attributes(mount: Mount) -> None:
 
 
 def test_agent_identity_from_environment(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("x")
+    path = mount.seed("plan.md", "x")
     code = ("import os,sys\nfd=os.open(sys.argv[1], os.O_RDWR)\n"
             "print(os.getxattr(sys.argv[1], 'user.fencefs.claim').decode())\n")
     out = run_py(code, path, env={"FENCEFS_AGENT": "planner-7"}).stdout
@@ -340,9 +315,7 @@ def test_agent_identity_from_environment(mount: Mount) -> None:
 
 def test_claims_of_exited_identities_are_dropped(make_mount) -> None:  # type: ignore[no-untyped-def]
     mount = make_mount("--upkeep-interval", "0.1")
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("x")
+    path = mount.seed("plan.md", "x")
     reader = run_py("import sys,os; open(sys.argv[1]).read(); print(os.getpid())", path)
     pid = reader.stdout.strip()
     deadline = time.monotonic() + 10
@@ -368,9 +341,7 @@ def drop_kernel_caches() -> bool:
 
 
 def test_state_survives_the_kernel_forgetting_the_file(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("v1\n")
+    path = mount.seed("plan.md", "v1\n")
     os.setxattr(path, "user.fencefs.reclaim", b"1")
     writer = os.open(mount.path("held.md"), os.O_WRONLY | os.O_CREAT)
     os.write(writer, b"held")

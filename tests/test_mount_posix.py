@@ -75,9 +75,7 @@ def test_truncate_chmod_utimens_statfs(mount: Mount) -> None:
 
 
 def test_ftruncate_on_write_handle_is_part_of_the_draft(mount: Mount) -> None:
-    path = mount.path("f.txt")
-    with open(path, "w") as f:
-        f.write("abcdef")
+    path = mount.seed("f.txt", "abcdef")
     fd = os.open(path, os.O_RDWR)
     os.ftruncate(fd, 2)
     with open(path) as f:
@@ -127,9 +125,7 @@ def test_large_directory_listing(mount: Mount) -> None:
 
 
 def test_user_xattrs_pass_through_and_survive_commits(mount: Mount) -> None:
-    path = mount.path("x.txt")
-    with open(path, "w") as f:
-        f.write("1")
+    path = mount.seed("x.txt", "1")
     os.setxattr(path, "user.color", b"blue")
     assert os.getxattr(path, "user.color") == b"blue"
     assert os.getxattr(str(mount.backing / "x.txt"), "user.color") == b"blue"
@@ -163,9 +159,7 @@ def test_meta_dir_is_read_only_and_drafts_hidden(mount: Mount) -> None:
 
 
 def test_foreign_write_is_adopted_and_journaled(mount: Mount) -> None:
-    path = mount.path("plan.md")
-    with open(path, "w") as f:
-        f.write("through the mount")
+    path = mount.seed("plan.md", "through the mount")
     stale = os.open(path, os.O_RDWR)
     (mount.backing / "plan.md").write_text("straight into the backing dir, longer")
     with open(path) as f:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount
+from tests.conftest import Mount, open_barrier
 
 MiB = 1 << 20
 
@@ -831,10 +831,7 @@ def run_counters(directory: str, procs: int = 8, rounds: int = 200) -> tuple[int
                                 stderr=subprocess.PIPE, text=True, env=clean_env())
                for _ in range(procs)]
     time.sleep(0.3)  # let every interpreter start before the barrier opens
-    for w in workers:
-        assert w.stdin is not None
-        w.stdin.write("go\n")
-        w.stdin.flush()
+    open_barrier(workers)
     stats = []
     for w in workers:
         out, err = w.communicate(timeout=120)
