@@ -17,11 +17,20 @@ PF_EXITING = 0x4
 
 
 def _read(path: str) -> bytes | None:
+    """A whole /proc file (raw calls: these run on every open and flush)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def tgid_of(tid: int) -> int:

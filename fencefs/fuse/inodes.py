@@ -53,6 +53,16 @@ class InodeTable:
         base = self.path(parent)
         return f"{base}/{name}" if base else name
 
+    def ino_of(self, path: str) -> int | None:
+        """The number the kernel knows ``path`` by, if it knows it."""
+        ino = ROOT
+        for name in path.split("/") if path else ():
+            node = self._by_key.get((ino, name))
+            if node is None:
+                return None
+            ino = node.ino
+        return ino
+
     def find(self, parent: int, name: str) -> Node | None:
         return self._by_key.get((parent, name))
 

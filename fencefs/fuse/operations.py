@@ -48,8 +48,26 @@ log = logging.getLogger("fencefs.fuse")
 _META_VISIBLE = {"journal.jsonl", "rejected"}
 # Copies bigger than this run on a worker thread.
 _BIG = 1 << 20
-_ATTR_TIMEOUT_DIR = 1.0
+# The kernel may answer stat() from its cache for this long. Every content
+# change made through the mount invalidates the inode's attributes at once
+# (``_content_changed``); only a write made straight into the backing
+# directory can stay unseen by stat() for up to this long (open() always asks).
+_ATTR_TIMEOUT = 1.0
 _ENTRY_TIMEOUT = 1.0
+
+
+def file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _drop_pages(ino: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=False)
+    except OSError:
+        pass
 
 
 @dataclass
@@ -186,11 +204,26 @@ class FenceOperations(pyfuse3.Operations):
         a.st_ino = ino
         a.generation = 0
         a.entry_timeout = _ENTRY_TIMEOUT
-        # Regular files: no attribute caching, so that a draft's size that the
-        # kernel learnt from a direct write never reaches another reader, and
-        # a commit's new size is seen at once.
-        a.attr_timeout = 0 if stat.S_ISREG(st.st_mode) else _ATTR_TIMEOUT_DIR
+        # A draft's size never sticks in the kernel's cache: a direct write or
+        # an O_TRUNC open makes the kernel drop the size it holds and ask
+        # getattr, which answers with the committed file.
+        a.attr_timeout = _ATTR_TIMEOUT
         return a
+
+    def _content_changed(self, path: str, ino: int | None = None) -> None:
+        """A commit or a foreign write changed ``path``: the kernel must not
+        answer stat() from what it cached. Attributes are dropped at once
+        (cheap, never blocks); cached pages (private mmaps) on a worker
+        thread, since dropping a page can wait for a read this loop serves."""
+        ino = self.inodes.ino_of(path) if ino is None else ino
+        if ino is None:
+            return
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError:
+            return  # the kernel no longer knows it: nothing cached
+        trio.lowlevel.start_thread_soon(
+            lambda: _drop_pages(ino), lambda _outcome: None)
 
     def _lstat(self, rel: str) -> os.stat_result:
         try:
@@ -242,6 +275,7 @@ class FenceOperations(pyfuse3.Operations):
         new = self.core.adopt_foreign(file.path, persist)
         self.journal.record("foreign", file.path, version=old, new_version=new,
                             epoch=file.epoch, size=fp.size)
+        self._content_changed(file.path)
 
     def _child(self, parent: int, name: bytes) -> str:
         text = os.fsdecode(name)
@@ -507,6 +541,7 @@ class FenceOperations(pyfuse3.Operations):
                 self._fingerprints[new + path[len(old):]] = self._fingerprints.pop(path)
         self.inodes.moved(parent_inode_old, os.fsdecode(name_old),
                           parent_inode_new, os.fsdecode(name_new))
+        self._content_changed(new)
         for handle in self.handles.values():
             if handle.path == old or handle.path.startswith(old + "/"):
                 handle.path = new + handle.path[len(old):]
@@ -851,8 +886,11 @@ class FenceOperations(pyfuse3.Operations):
         predicted = Persisted(claim.version + 1, claim.epoch, file.policy)
         # Slow part first, off the event loop: the draft gets the state it
         # will commit as, and reaches the disk.
-        await trio.to_thread.run_sync(
-            lambda: self.drafts.prepare(draft, predicted, durable=self.durable))
+        if self.durable:
+            await trio.to_thread.run_sync(
+                lambda: self.drafts.prepare(draft, predicted, durable=True))
+        else:  # no fsync: cheaper here than a trip to a worker thread
+            self.drafts.prepare(draft, predicted, durable=False)
 
         # ---- atomic: from the check to the rename, no await (G3) ----
         def install(version: int, epoch: int) -> None:
@@ -869,6 +907,7 @@ class FenceOperations(pyfuse3.Operations):
             self._reject(handle, e, op="commit")
             raise
         self._fingerprints[handle.path] = Fingerprint.of(os.fstat(draft.fd))
+        self._content_changed(handle.path, handle.ino)
         # ---- end of the atomic step ----
         # The draft is now the committed content this handle reads.
         if handle.base_fd is not None:
@@ -882,8 +921,8 @@ class FenceOperations(pyfuse3.Operations):
     async def _commit_append(self, handle: Handle) -> None:
         """Append: the draft's bytes go after whatever content is current.
 
-        The combined content is built on a worker thread against the version
-        seen before; if another commit landed meanwhile it is rebuilt. After a
+        The combined content is built against the version seen before, on a
+        worker thread unless it is small and needs no fsync; if another commit landed meanwhile it is rebuilt. After a
         few lost races the build runs inline, inside the atomic step, so an
         append always lands (only a reclaim can refuse it).
         """
@@ -896,7 +935,7 @@ class FenceOperations(pyfuse3.Operations):
             assert file is not None
             seen = file.version
             persisted = Persisted(seen + 1, claim.epoch, file.policy)
-            if attempt < 3:
+            if attempt < 3 and (self.durable or file_size(self.backing.abs(rel)) > _BIG):
                 combined = await trio.to_thread.run_sync(
                     self._build_append, rel, appended, handle.caller, persisted)
             # ---- atomic: from here to the rename, no await (G3) ----
@@ -912,6 +951,7 @@ class FenceOperations(pyfuse3.Operations):
                 self._reject(handle, e, op="append")
                 raise
             self._fingerprints[rel] = Fingerprint.of(os.fstat(combined.fd))
+            self._content_changed(rel, handle.ino)
             # ---- end of the atomic step ----
             close_quietly(combined.fd)
             self.drafts.discard(appended)
