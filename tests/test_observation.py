@@ -936,3 +936,18 @@ def test_claims_of_exited_process_are_dropped(make_mount: Callable[..., Mount]) 
         assert time.monotonic() < deadline, "claims of an exited process were never dropped"
         time.sleep(0.1)
     assert xattr(path, "claims") == ""
+
+
+def test_identity_follows_an_exec_that_keeps_the_pid(mount: Mount) -> None:
+    """A wrapper that reads and then execs with another FENCEFS_AGENT keeps
+    its pid and start time: the new program must not inherit the old read."""
+    path = mount.seed("plan.md", "v1\n")
+    script = ('read line < plan.md; '
+              'getfattr --only-values -n user.fencefs.claim plan.md; echo "|"; '
+              'exec env FENCEFS_AGENT=other getfattr --only-values -n user.fencefs.claim plan.md')
+    env = {**os.environ, "FENCEFS_AGENT": "first"}
+    out = subprocess.run(["sh", "-c", script], cwd=os.path.dirname(path), env=env,
+                         capture_output=True, text=True, check=True).stdout
+    before, after = out.split("|")
+    assert "identity=agent:first kind=read" in before
+    assert after.strip() == ""  # agent:other never read plan.md

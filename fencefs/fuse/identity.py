@@ -13,6 +13,7 @@ from dataclasses import dataclass
 AGENT_VAR = b"FENCEFS_AGENT="
 SCOPES = ("agent", "process", "thread", "session")
 _MAX_AGENT = 256
+_CACHE_SIZE = 4096
 PF_EXITING = 0x4
 
 
@@ -54,6 +55,21 @@ def agent_of(tid: int) -> str | None:
     return None
 
 
+def incarnation_of(tid: int) -> tuple[int, int] | None:
+    """What tells this thread's life apart from another with the same id,
+    and its program from the one before an execve (which keeps the id and
+    the start time): its start time and where its environment begins
+    (fields 22 and 50 of /proc/TID/stat; the stack moves at every exec)."""
+    stat = _read(f"/proc/{tid}/stat")
+    if not stat:
+        return None
+    try:
+        fields = stat[stat.rfind(b")") + 2:].split()
+        return int(fields[22 - 3]), int(fields[50 - 3])
+    except (IndexError, ValueError):
+        return None
+
+
 def session_of(tid: int) -> int | None:
     stat = _read(f"/proc/{tid}/stat")
     if not stat:
@@ -75,8 +91,27 @@ class IdentityResolver:
         if scope not in SCOPES:
             raise ValueError(f"identity scope must be one of {', '.join(SCOPES)}")
         self.scope = scope
+        self._cache: dict[int, tuple[tuple[int, int], Caller]] = {}
 
     def resolve(self, tid: int) -> Caller:
+        """The caller behind thread ``tid``, cached per thread incarnation
+        (one short /proc read instead of two longer ones): a thread's process
+        and environment do not change until it dies or execs. A session
+        can (setsid), so that scope is never cached."""
+        if not tid or self.scope == "session":
+            return self._resolve(tid)
+        born = incarnation_of(tid)
+        cached = self._cache.get(tid)
+        if cached is not None and cached[0] == born and born is not None:
+            return cached[1]
+        caller = self._resolve(tid)
+        if born is not None:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))  # the oldest entry
+            self._cache[tid] = (born, caller)
+        return caller
+
+    def _resolve(self, tid: int) -> Caller:
         pid = tgid_of(tid) if tid else 0
         if self.scope == "thread":
             return Caller(f"thread:{tid}", pid)

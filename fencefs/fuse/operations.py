@@ -13,13 +13,14 @@ the check is made afresh after it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import pyfuse3
@@ -61,13 +62,6 @@ def file_size(path: str) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
-
-
-def _drop_pages(ino: int) -> None:
-    try:
-        pyfuse3.invalidate_inode(ino, attr_only=False)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -135,6 +129,10 @@ class FenceOperations(pyfuse3.Operations):
         # Versions and epochs of unlinked paths: a recreated file continues them.
         # Observations survive too: claims belong to the path, not the inode.
         self._tombstones: dict[str, tuple[int, int, list[Claim]]] = {}
+        # Per path: the turn to prepare and install a commit (see _commit).
+        self._turns: dict[str, trio.Lock] = {}
+        # The journal fsync in flight, if any (see _sync_journal).
+        self._journal_syncing: trio.Event | None = None
 
     # -- start-up ------------------------------------------------------------
 
@@ -212,18 +210,16 @@ class FenceOperations(pyfuse3.Operations):
 
     def _content_changed(self, path: str, ino: int | None = None) -> None:
         """A commit or a foreign write changed ``path``: the kernel must not
-        answer stat() from what it cached. Attributes are dropped at once
-        (cheap, never blocks); cached pages (private mmaps) on a worker
-        thread, since dropping a page can wait for a read this loop serves."""
+        answer stat() from the attributes it cached. (Cached pages need no
+        invalidation: every handle of a fenced file is direct_io, and the
+        kernel drops the page cache whenever such a file is mmapped.)"""
         ino = self.inodes.ino_of(path) if ino is None else ino
         if ino is None:
             return
         try:
             pyfuse3.invalidate_inode(ino, attr_only=True)
         except OSError:
-            return  # the kernel no longer knows it: nothing cached
-        trio.lowlevel.start_thread_soon(
-            lambda: _drop_pages(ino), lambda _outcome: None)
+            pass  # the kernel no longer knows it: nothing cached
 
     def _lstat(self, rel: str) -> os.stat_result:
         try:
@@ -296,8 +292,25 @@ class FenceOperations(pyfuse3.Operations):
         self.journal.record(event, path, **info)
 
     async def _sync_journal(self) -> None:
-        if self.durable:
-            await trio.to_thread.run_sync(self.journal.sync)
+        """Make every journal line written so far durable. Group commit:
+        a caller whose lines an fsync already in flight will cover waits for
+        that one; one fsync then serves all who arrived while it ran."""
+        if not self.durable:
+            return
+        wanted = self.journal.written
+        while self.journal.synced < wanted:
+            running = self._journal_syncing
+            if running is not None:
+                await running.wait()
+                continue
+            running = self._journal_syncing = trio.Event()
+            upto = self.journal.written
+            try:
+                await trio.to_thread.run_sync(self.journal.sync)
+                self.journal.synced = max(self.journal.synced, upto)
+            finally:
+                self._journal_syncing = None
+                running.set()
 
     # -- lookups and attributes ---------------------------------------------
 
@@ -569,12 +582,14 @@ class FenceOperations(pyfuse3.Operations):
         return version
 
     async def _durable_dir(self, rel_dir: str) -> None:
-        if self.durable:
-            await trio.to_thread.run_sync(self._sync_dir_and_journal, rel_dir)
-
-    def _sync_dir_and_journal(self, rel_dir: str) -> None:
-        self.backing.sync_dir(rel_dir)
-        self.journal.sync()
+        """The directory entry and the journal line of a commit reach the
+        disk, the two fsyncs running at once (one filesystem commit can
+        carry both)."""
+        if not self.durable:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sync_journal)
+            await trio.to_thread.run_sync(self.backing.sync_dir, rel_dir)
 
     # -- truncate --------------------------------------------------------------
 
@@ -870,17 +885,38 @@ class FenceOperations(pyfuse3.Operations):
             self.core.renew(handle.claim, time.monotonic())
 
     async def _commit(self, handle: Handle) -> None:
-        claim = handle.claim
-        assert claim is not None
+        assert handle.claim is not None
         self._check_live(handle, "commit")
-        if handle.draft is None:
-            await self._make_draft(handle, copy=False)
+        # One commit per file at a time gets past this point: a writer whose
+        # claim went stale while it waited is refused here, before it pays
+        # for an fsync that could only end in a conflict.
+        async with self._commit_turn(handle.path):
             self._check_live(handle, "commit")
-        if claim.append:
-            await self._commit_append(handle)
-            return
+            if handle.draft is None:
+                await self._make_draft(handle, copy=False)
+                self._check_live(handle, "commit")
+            if handle.claim.append:
+                await self._commit_append(handle)
+            else:
+                await self._commit_rewrite(handle)
+        await self._durable_dir(os.path.dirname(handle.path))
+
+    @contextlib.asynccontextmanager
+    async def _commit_turn(self, path: str) -> AsyncIterator[None]:
+        lock = self._turns.get(path)
+        if lock is None:
+            lock = self._turns[path] = trio.Lock()
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._turns.get(path) is lock:
+                del self._turns[path]
+
+    async def _commit_rewrite(self, handle: Handle) -> None:
+        claim = handle.claim
         draft = handle.draft
-        assert draft is not None
+        assert claim is not None and draft is not None
         file = self.core.get(handle.path)
         assert file is not None
         predicted = Persisted(claim.version + 1, claim.epoch, file.policy)
@@ -916,15 +952,15 @@ class FenceOperations(pyfuse3.Operations):
         handle.served = (version, file.epoch)
         self.journal.record("commit", handle.path, identity=claim.identity, pid=claim.pid,
                             version=before[0], epoch=before[1], new_version=version)
-        await self._durable_dir(os.path.dirname(handle.path))
 
     async def _commit_append(self, handle: Handle) -> None:
         """Append: the draft's bytes go after whatever content is current.
 
         The combined content is built against the version seen before, on a
-        worker thread unless it is small and needs no fsync; if another commit landed meanwhile it is rebuilt. After a
-        few lost races the build runs inline, inside the atomic step, so an
-        append always lands (only a reclaim can refuse it).
+        worker thread unless it is small and needs no fsync; if another
+        commit landed meanwhile it is rebuilt. After a few lost races the
+        build runs inline, inside the atomic step, so an append always lands
+        (only a reclaim can refuse it).
         """
         claim = handle.claim
         appended = handle.draft
@@ -959,7 +995,6 @@ class FenceOperations(pyfuse3.Operations):
                                 version=seen, epoch=claim.epoch, new_version=version,
                                 op="append", size=handle.append_at)
             handle.draft, handle.dirty, handle.append_at = None, False, 0
-            await self._durable_dir(os.path.dirname(rel))
             return
         raise AssertionError("an inline append build cannot lose a race")
 
@@ -1033,14 +1068,15 @@ class FenceOperations(pyfuse3.Operations):
         if inode == ROOT and text == control.STATUS:
             return control.status_of(self.core.files(), time.monotonic(),
                                      self.core.default_policy)
-        rel, file = self._regular_state(inode)
-        if control.is_control(text):
-            if file is None or text not in control.READABLE:
-                raise pyfuse3.FUSEError(errno.ENODATA)
-            caller = self.ids.resolve(ctx.pid)
-            return control.value_of(text, file, caller.identity, time.monotonic(),
-                                    self.core.policy_of(file))
-        return os.getxattr(self.backing.abs(rel), name, follow_symlinks=False)
+        if not control.is_control(text):  # e.g. security.capability, asked at every write
+            path = self.backing.abs(self.inodes.path(inode))
+            return os.getxattr(path, name, follow_symlinks=False)
+        _, file = self._regular_state(inode)
+        if file is None or text not in control.READABLE:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        caller = self.ids.resolve(ctx.pid)
+        return control.value_of(text, file, caller.identity, time.monotonic(),
+                                self.core.policy_of(file))
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         rel, file = self._regular_state(inode)

@@ -16,6 +16,8 @@ class Journal:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.written = 0  # lines appended by this process
+        self.synced = 0  # of those, how many an fsync has covered
 
     def record(self, event: str, file: str, **fields: Any) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -26,10 +28,13 @@ class Journal:
         entry.update({k: v for k, v in fields.items() if v is not None})
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n"
         os.write(self._fd, line.encode())
+        self.written += 1
         return entry
 
     def sync(self) -> None:
+        upto = self.written
         os.fsync(self._fd)
+        self.synced = max(self.synced, upto)
 
     def close(self) -> None:
         os.close(self._fd)
