@@ -83,6 +83,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return serve(backing, mountpoint, allow_other=args.allow_other, debug=args.debug,
                      durable=args.durability == "full", scope=args.identity,
                      ready_fd=args.ready_fd, max_observations=args.max_observations,
+                     warm_files=args.warm_files,
                      upkeep_interval=args.upkeep_interval, policy=args.policy,
                      lease_ttl=args.lease_ttl, wait=args.wait, sweep_after=args.sweep_after)
     read_fd, write_fd = os.pipe()
@@ -91,6 +92,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                "--ready-fd", str(write_fd), "--log-file", logfile,
                "--durability", args.durability, "--identity", args.identity,
                "--max-observations", str(args.max_observations),
+               "--warm-files", str(args.warm_files),
                "--policy", args.policy, "--lease-ttl", str(args.lease_ttl),
                "--wait", str(args.wait), "--upkeep-interval", str(args.upkeep_interval)]
     if args.sweep_after is not None:
@@ -336,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reclaim write claims idle (no write/fsync/renew) this long")
     m.add_argument("--max-observations", type=int, default=100_000,
                    help="cap on remembered read claims (default 100000; oldest dropped)")
+    m.add_argument("--warm-files", type=int, default=8192, help=argparse.SUPPRESS)
     m.add_argument("--upkeep-interval", type=float, default=2.0, help=argparse.SUPPRESS)
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.add_argument("--log-file", help=argparse.SUPPRESS)

@@ -41,6 +41,7 @@ def serve(
     scope: str = "agent",
     ready_fd: int | None = None,
     max_observations: int = 100_000,
+    warm_files: int = 8192,
     upkeep_interval: float = 2.0,
     policy: str = "optimistic",
     lease_ttl: float = 60.0,
@@ -50,7 +51,8 @@ def serve(
     """Mount, serve until unmounted or signalled, unmount. Returns exit code."""
     ops = FenceOperations(backing, durable=durable, scope=scope,
                           max_observations=max_observations, default_policy=policy,
-                          lease_ttl=lease_ttl, wait=wait, sweep_after=sweep_after)
+                          lease_ttl=lease_ttl, wait=wait, sweep_after=sweep_after,
+                          warm_files=warm_files)
     recovered = ops.recover()
     if recovered:
         log.warning("put away %d draft(s) left by an earlier daemon", recovered)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, open_barrier
+from tests.conftest import Mount, open_barrier, run_py
 
 MiB = 1 << 20
 
@@ -951,3 +951,41 @@ def test_identity_follows_an_exec_that_keeps_the_pid(mount: Mount) -> None:
     before, after = out.split("|")
     assert "identity=agent:first kind=read" in before
     assert after.strip() == ""  # agent:other never read plan.md
+
+
+def test_reading_an_empty_file_is_a_read(mount: Mount) -> None:
+    """The kernel answers a read of a file it knows to be empty without
+    asking fencefs: the open alone must record what the agent saw."""
+    path = mount.seed("todo.md", "")
+    os.stat(path)  # the kernel now caches size 0
+    read = run_py("import sys; assert open(sys.argv[1]).read() == ''", path,
+                  env={"FENCEFS_AGENT": "a"})
+    assert read.returncode == 0, read.stderr
+    mount.seed("todo.md", "b's item\n")  # another agent commits meanwhile
+    write = run_py("import sys; open(sys.argv[1], 'w').write('a item\\n')", path,
+                   env={"FENCEFS_AGENT": "a"})
+    assert "Resource temporarily unavailable" in write.stderr  # EAGAIN, at open
+    assert Path(path).read_text() == "b's item\n"
+
+
+def test_claims_and_state_survive_going_cold(make_mount: Callable[..., Mount]) -> None:
+    """Only the most recently used file states stay in memory (--warm-files);
+    a cold file's version and epoch are re-read from the backing file, and a
+    file something rests on is never dropped."""
+    m = make_mount("--warm-files", "4")
+    plan = m.seed("plan.md", "v1\n")
+    subprocess.run(["setfattr", "-n", "user.fencefs.reclaim", "-v", "1", plan], check=True)
+    read = run_py("import sys; open(sys.argv[1]).read()", plan, env={"FENCEFS_AGENT": "a"})
+    assert read.returncode == 0, read.stderr
+    for i in range(20):  # push plan.md out of the warm set, twice over
+        m.seed(f"other{i}", "x")
+        os.getxattr(m.path(f"other{i}"), "user.fencefs.version")
+    assert os.getxattr(plan, "user.fencefs.version") == b"1"
+    assert os.getxattr(plan, "user.fencefs.epoch") == b"1"
+    assert b"identity=agent:a kind=read version=1 epoch=1" in os.getxattr(
+        plan, "user.fencefs.claims")
+    m.seed("plan.md", "b's plan\n")  # another agent commits meanwhile
+    write = run_py("import sys; open(sys.argv[1], 'w').write('a plan')", plan,
+                   env={"FENCEFS_AGENT": "a"})
+    assert "Resource temporarily unavailable" in write.stderr
+    assert Path(plan).read_text() == "b's plan\n"

@@ -19,7 +19,7 @@ class Kind(StrEnum):
     WRITE = "write"
 
 
-@dataclass
+@dataclass(slots=True)
 class Claim:
     """What a writer's (or reader's) view of a file rests on."""
 
@@ -37,7 +37,7 @@ class Claim:
     last_active: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class FileState:
     """Coordination state of one regular file, keyed by its path."""
 
@@ -55,7 +55,7 @@ class FileState:
         return [*self.writers.values(), *self.readers.values()]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Persisted:
     """What the store keeps with a file's content (see ``fencefs.store``)."""
 

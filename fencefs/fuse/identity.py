@@ -78,7 +78,7 @@ def session_of(tid: int) -> int | None:
     return int(fields[3])  # field 6: session id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Caller:
     identity: str
     pid: int  # thread group id of the caller

@@ -17,7 +17,7 @@ import pyfuse3
 ROOT = pyfuse3.ROOT_INODE
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     ino: int
     parent: int

@@ -20,6 +20,7 @@ import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,8 @@ log = logging.getLogger("fencefs.fuse")
 _META_VISIBLE = {"journal.jsonl", "rejected"}
 # Copies bigger than this run on a worker thread.
 _BIG = 1 << 20
+# Unlinked paths remembered (see unlink).
+_TOMBSTONES = 10_000
 # The kernel may answer stat() from its cache for this long. Every content
 # change made through the mount invalidates the inode's attributes at once
 # (``_content_changed``); only a write made straight into the backing
@@ -64,7 +67,7 @@ def file_size(path: str) -> int:
         return 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Handle:
     fh: int
     path: str
@@ -103,6 +106,7 @@ class FenceOperations(pyfuse3.Operations):
         lease_ttl: float = 60.0,
         wait: float = 0.0,
         sweep_after: float | None = None,
+        warm_files: int = 8192,
     ) -> None:
         super().__init__()
         self.backing = Backing(backing_root)
@@ -120,7 +124,7 @@ class FenceOperations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
         # Open directory handles: the directory's inode and a sorted snapshot.
-        self._dirs: dict[int, tuple[int, list[tuple[str, os.stat_result]]]] = {}
+        self._dirs: dict[int, tuple[int, list[str]]] = {}
         # Last content fingerprint fencefs itself produced or adopted, per path.
         self._fingerprints: dict[str, Fingerprint] = {}
         # Reading processes per identity (named agents excepted): an identity
@@ -129,6 +133,9 @@ class FenceOperations(pyfuse3.Operations):
         # Versions and epochs of unlinked paths: a recreated file continues them.
         # Observations survive too: claims belong to the path, not the inode.
         self._tombstones: dict[str, tuple[int, int, list[Claim]]] = {}
+        # Recently used paths, least recent first (see _keep_warm).
+        self._warm: OrderedDict[str, None] = OrderedDict()
+        self._warm_files = max(1, warm_files)
         # Per path: the turn to prepare and install a commit (see _commit).
         self._turns: dict[str, trio.Lock] = {}
         # The journal fsync in flight, if any (see _sync_journal).
@@ -246,7 +253,21 @@ class FenceOperations(pyfuse3.Operations):
         elif self._fingerprints.get(rel) != fp:
             self._adopt_foreign(file, fp)
             self._fingerprints[rel] = fp
+        self._keep_warm(rel)
         return file
+
+    def _keep_warm(self, rel: str) -> None:
+        """Memory follows the working set, not the number of files: the
+        state of a file nothing rests on is persisted with the file, so only
+        the most recently used are kept; the others are re-read (one xattr)
+        when next used."""
+        warm = self._warm
+        warm[rel] = None
+        warm.move_to_end(rel)
+        if len(warm) > self._warm_files:
+            coldest, _ = warm.popitem(last=False)
+            if self.core.forget(coldest):
+                self._fingerprints.pop(coldest, None)
 
     def _persist_state(self, file: FileState, *, version: int | None = None,
                        epoch: int | None = None, policy: str | None = None,
@@ -455,26 +476,28 @@ class FenceOperations(pyfuse3.Operations):
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         rel = self.inodes.path(inode)
-        entries = []
+        names = []
         with os.scandir(self.backing.abs(rel)) as it:
             for entry in it:
                 child = f"{rel}/{entry.name}" if rel else entry.name
-                if self._is_hidden(child):
-                    continue
-                try:
-                    entries.append((entry.name, entry.stat(follow_symlinks=False)))
-                except FileNotFoundError:
-                    continue
-        entries.sort(key=lambda e: e[0])
+                if not self._is_hidden(child):
+                    names.append(entry.name)
+        names.sort()
         fh = next(self._fh)
-        self._dirs[fh] = (inode, entries)
+        self._dirs[fh] = (inode, names)
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        inode, entries = self._dirs[fh]
-        # Offsets are indexes into the snapshot taken at opendir: stable.
-        for index in range(start_id, len(entries)):
-            name, st = entries[index]
+        inode, names = self._dirs[fh]
+        base = self.inodes.path(inode)
+        # Offsets are indexes into the names listed at opendir: stable. The
+        # attributes are read now, not at opendir: the kernel caches them.
+        for index in range(start_id, len(names)):
+            name = names[index]
+            try:
+                st = self.backing.lstat(f"{base}/{name}" if base else name)
+            except FileNotFoundError:
+                continue  # gone since opendir
             node = self.inodes.remember(inode, name)
             if not pyfuse3.readdir_reply(token, os.fsencode(name),
                                          self._attrs(node.ino, st), index + 1):
@@ -508,6 +531,8 @@ class FenceOperations(pyfuse3.Operations):
         gone = self.core.removed(rel)
         if gone is not None:
             self._tombstones[rel] = (gone.version, gone.epoch, list(gone.readers.values()))
+            if len(self._tombstones) > _TOMBSTONES:
+                del self._tombstones[next(iter(self._tombstones))]  # the oldest
         self._fingerprints.pop(rel, None)
         self.inodes.unlinked(parent_inode, os.fsdecode(name))
         await self._durable_dir(os.path.dirname(rel))
@@ -766,8 +791,14 @@ class FenceOperations(pyfuse3.Operations):
     def _observe(self, handle: Handle) -> None:
         """Record what this handle serves, once per version (reads are hot)."""
         assert handle.served is not None
-        if self.core.get(handle.path) is None:
-            return
+        if self.core.get(handle.path) is None:  # gone cold meanwhile: warm it up
+            try:
+                st = self.backing.lstat(handle.path)
+            except FileNotFoundError:
+                return  # unlinked: nothing to judge a later write against
+            if not stat.S_ISREG(st.st_mode):
+                return
+            self._file(handle.path, st)
         version, epoch = handle.served
         caller = handle.caller
         self.core.observe(handle.path, caller.identity, caller.pid, version, epoch)

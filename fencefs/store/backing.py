@@ -23,7 +23,7 @@ STATE_XATTR = "user.fencefs.state"
 META_DIR = ".fencefs"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fingerprint:
     ino: int
     size: int

@@ -27,7 +27,7 @@ FICLONE = 0x40049409
 _MAX_NAME = 255
 
 
-@dataclass
+@dataclass(slots=True)
 class Draft:
     path: str
     fd: int
