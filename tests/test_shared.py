@@ -265,6 +265,21 @@ def test_no_fencing_on_shared_files(mount: Mount) -> None:
     assert not mount.rejected()
 
 
+def test_reads_from_before_a_switch_to_shared_do_not_fence(mount: Mount) -> None:
+    path = mount.seed("state.bin", "v1")
+    env = {"FENCEFS_AGENT": "stale"}
+    assert run_py(READ, path, env=env).stdout == "v1"  # an observation claim, at v1
+    os.setxattr(path, "user.fencefs.policy", b"shared")
+    mount.seed("state.bin", "v2")  # the file moves on
+    tmp = mount.seed("new.tmp", "from stale")
+    for code in ("import os, sys; os.truncate(sys.argv[1], 4)",
+                 "import os, sys; os.rename(sys.argv[2], sys.argv[1])",
+                 "import os, sys; os.unlink(sys.argv[1])"):
+        result = run_py(code, path, tmp, env=env)
+        assert result.returncode == 0, result.stderr
+    assert not events(mount, "conflict")
+
+
 # -- choosing and changing the policy ----------------------------------------
 
 
