@@ -44,9 +44,10 @@ def sh(script: str, cwd: Path | str, *, env: dict[str, str] | None = None,
     return result
 
 
-def tree(root: Path | str, *, dir_times: bool = True) -> dict[str, tuple[object, ...]]:
+def tree(root: Path | str, *, dir_times: bool = True,
+         tick: int = 1) -> dict[str, tuple[object, ...]]:
     """What copying tools promise to keep: per path, its type, mode, mtime
-    and content (or link target)."""
+    (in units of ``tick`` nanoseconds) and content (or link target)."""
     found: dict[str, tuple[object, ...]] = {}
     root = str(root)
     for dirpath, dirnames, filenames in os.walk(root):
@@ -58,10 +59,11 @@ def tree(root: Path | str, *, dir_times: bool = True) -> dict[str, tuple[object,
             if os.path.islink(path):
                 found[rel] = ("link", os.readlink(path))
             elif os.path.isdir(path):
-                found[rel] = ("dir", oct(st.st_mode), st.st_mtime_ns if dir_times else None)
+                found[rel] = ("dir", oct(st.st_mode),
+                              st.st_mtime_ns // tick if dir_times else None)
             else:
                 with open(path, "rb") as f:
-                    found[rel] = ("file", oct(st.st_mode), st.st_mtime_ns, f.read())
+                    found[rel] = ("file", oct(st.st_mode), st.st_mtime_ns // tick, f.read())
     return found
 
 
