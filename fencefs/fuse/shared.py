@@ -259,8 +259,9 @@ class SharedFiles:
         """Before a rename: EBUSY if it would switch an open file between
         shared and fenced, or replace a shared file that is open. Returns
         the in-place handles that move with it (for ``_moved_shared``)."""
-        target = self.core.get(new) if dst_st is not None else None
-        if target is not None and stat.S_ISREG(dst_st.st_mode if dst_st else 0):
+        target = None
+        if dst_st is not None and stat.S_ISREG(dst_st.st_mode) and stat.S_ISREG(src_st.st_mode):
+            target = self._file(new, dst_st)  # what the rename commits over
             if self._in_place(target) and self._open_on(target):
                 raise pyfuse3.FUSEError(errno.EBUSY)
         prefix = old + "/"
