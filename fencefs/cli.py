@@ -74,7 +74,19 @@ def validate_mount(backing: str, mountpoint: str) -> tuple[str, str]:
     return backing, mountpoint
 
 
+def shared_globs(args: argparse.Namespace) -> list[str]:
+    """The mount's shared-policy globs: the default set unless turned off,
+    then every --shared-glob."""
+    from fencefs.core.policy import DEFAULT_SHARED_GLOBS
+
+    defaults = [] if args.no_default_shared_globs else list(DEFAULT_SHARED_GLOBS)
+    return defaults + list(args.shared_glob)
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
+    for pattern in args.shared_glob:
+        if not pattern.strip("/"):
+            raise UsageError(f"--shared-glob: not a pattern: {pattern!r}")
     backing, mountpoint = validate_mount(args.backing, args.mountpoint)
     if args.foreground:
         from fencefs.daemon import serve, setup_logging
@@ -85,7 +97,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
                      ready_fd=args.ready_fd, max_observations=args.max_observations,
                      warm_files=args.warm_files,
                      upkeep_interval=args.upkeep_interval, policy=args.policy,
-                     lease_ttl=args.lease_ttl, wait=args.wait, sweep_after=args.sweep_after)
+                     lease_ttl=args.lease_ttl, wait=args.wait, sweep_after=args.sweep_after,
+                     shared_globs=shared_globs(args))
     read_fd, write_fd = os.pipe()
     logfile = os.path.join(backing, ".fencefs", "daemon.log")
     command = [sys.executable, "-m", "fencefs.cli", "mount", "--foreground",
@@ -97,6 +110,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
                "--wait", str(args.wait), "--upkeep-interval", str(args.upkeep_interval)]
     if args.sweep_after is not None:
         command += ["--sweep-after", str(args.sweep_after)]
+    for pattern in args.shared_glob:
+        command += ["--shared-glob", pattern]
+    if args.no_default_shared_globs:
+        command.append("--no-default-shared-globs")
     if args.debug:
         command.append("--debug")
     if args.allow_other:
@@ -336,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "before EBUSY (default 0: at once)")
     m.add_argument("--sweep-after", type=_duration, default=None,
                    help="reclaim write claims idle (no write/fsync/renew) this long")
+    m.add_argument("--shared-glob", action="append", default=[], metavar="PATTERN",
+                   help="files matching PATTERN (a name like '*.db', or a path from the "
+                        "mount root if it has a '/') get the shared policy unless they "
+                        "have their own; repeatable; adds to the default set")
+    m.add_argument("--no-default-shared-globs", action="store_true",
+                   help="do not apply the default shared set (SQLite's *.db, *.sqlite, "
+                        "*.sqlite3 and their -wal, -shm, -journal files)")
     m.add_argument("--max-observations", type=int, default=100_000,
                    help="cap on remembered read claims (default 100000; oldest dropped)")
     m.add_argument("--warm-files", type=int, default=8192, help=argparse.SUPPRESS)

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 
 import pyfuse3
 import trio
@@ -47,12 +48,13 @@ def serve(
     lease_ttl: float = 60.0,
     wait: float = 0.0,
     sweep_after: float | None = None,
+    shared_globs: Sequence[str] = (),
 ) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns exit code."""
     ops = FenceOperations(backing, durable=durable, scope=scope,
                           max_observations=max_observations, default_policy=policy,
                           lease_ttl=lease_ttl, wait=wait, sweep_after=sweep_after,
-                          warm_files=warm_files)
+                          warm_files=warm_files, shared_globs=shared_globs)
     recovered = ops.recover()
     if recovered:
         log.warning("put away %d draft(s) left by an earlier daemon", recovered)

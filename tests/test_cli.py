@@ -48,6 +48,8 @@ def test_mount_bad_input(tmp_path: Path) -> None:
     one_line_error(fencefs("mount", str(backing), str(tmp_path / "file")), "not a directory")
     mnt.mkdir()
     one_line_error(fencefs("mount", str(backing), str(backing / ".." / "b")), "contain")
+    one_line_error(fencefs("mount", "--shared-glob", "/", str(backing), str(mnt)),
+                   "--shared-glob", "not a pattern")
     assert not any(p.name != ".fencefs" for p in backing.iterdir())
 
 
@@ -155,3 +157,20 @@ def test_setfattr_bad_values_change_nothing(mount: Mount) -> None:
     assert info.value.errno == errno.EINVAL
     time.sleep(0)  # nothing journaled either
     assert [e["event"] for e in mount.journal()] == ["commit"]
+
+
+def test_daemonized_mount_passes_the_shared_globs(tmp_path: Path) -> None:
+    require_fuse()
+    backing, mnt = tmp_path / "b", tmp_path / "m"
+    backing.mkdir()
+    mnt.mkdir()
+    result = fencefs("mount", "--no-default-shared-globs", "--shared-glob", "*.x",
+                     str(backing), str(mnt))
+    assert result.returncode == 0, result.stderr
+    try:
+        for name in ("a.x", "a.db"):
+            (mnt / name).write_text("")
+        assert os.getxattr(mnt / "a.x", "user.fencefs.policy") == b"shared"
+        assert os.getxattr(mnt / "a.db", "user.fencefs.policy") == b"optimistic"
+    finally:
+        assert fencefs("unmount", str(mnt)).returncode == 0

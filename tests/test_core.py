@@ -144,3 +144,43 @@ def test_observation_table_is_bounded() -> None:
     core.observe("e", "A", 1, 0, 0)
     assert "A" in core.get("b").readers and "A" not in core.get("c").readers  # type: ignore[union-attr]
     assert core.drop_identity("A") == 3 and core.observations() == 0
+
+
+# -- the shared policy (issue 9) ------------------------------------------------
+
+
+def test_policy_rules_own_then_globs_then_default() -> None:
+    from fencefs.core.policy import DEFAULT_SHARED_GLOBS, PolicyRules, glob_matches
+
+    rules = PolicyRules("exclusive", [*DEFAULT_SHARED_GLOBS, "data/*.bin"])
+    assert rules.by_path("a/b/app.db") == "shared"  # a name pattern: any directory
+    assert rules.by_path("app.sqlite3-journal") == "shared"
+    assert rules.by_path("app.db.bak") == "exclusive"
+    assert rules.by_path("data/x/y.bin") == "shared"  # '*' spans '/' in a path pattern
+    assert rules.by_path("other/data/y.bin") == "exclusive"  # anchored at the root
+    assert rules.effective("app.db", "optimistic") == "optimistic"  # its own wins
+    assert glob_matches("/data/*.bin", "data/y.bin")
+    assert not glob_matches("*.DB", "app.db")  # case-sensitive
+
+
+def test_shared_commits_are_unguarded_and_counted() -> None:
+    core = Coordinator(shared_globs=["*.db"])
+    core.adopt("app.db", Persisted(3, 1))
+    file = core.get("app.db")
+    assert file is not None and core.policy_of(file) == "shared"
+    core.observe("app.db", "A", 1, 2, 0)  # a stale read (older version and epoch)
+    installed: list[tuple[int, int]] = []
+    assert core.commit_path("app.db", "A", 1, lambda v, e: installed.append((v, e))) == 4
+    assert core.commit_in_place("app.db", lambda v, e: installed.append((v, e))) == 5
+    assert installed == [(4, 1), (5, 1)]
+
+    def broken(v: int, e: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        core.commit_in_place("app.db", broken)
+    assert file.version == 5
+    # Its own policy wins over the glob: fenced again.
+    core.set_policy("app.db", "optimistic", lambda p: None)
+    with pytest.raises(Fenced):
+        core.commit_path("app.db", "A", 1, lambda v, e: None)

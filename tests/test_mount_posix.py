@@ -74,6 +74,19 @@ def test_truncate_chmod_utimens_statfs(mount: Mount) -> None:
     assert sv.f_blocks > 0 and sv.f_bsize > 0
 
 
+def test_times_set_before_the_close_survive_the_commit(mount: Mount) -> None:
+    """futimens() on a handle whose draft is not committed yet (what tar and
+    cp -p do before they close): the kernel sends it without the handle, so
+    the times go to the path's pending drafts too."""
+    path = mount.path("f.txt")
+    with open(path, "w") as f:
+        f.write("x")
+        f.flush()
+        os.utime(f.fileno(), ns=(1_000_000_000_000_000_000, 1_100_000_000_123_456_789))
+    assert os.stat(path).st_mtime_ns == 1_100_000_000_123_456_789
+    assert os.getxattr(path, "user.fencefs.version") == b"1"
+
+
 def test_ftruncate_on_write_handle_is_part_of_the_draft(mount: Mount) -> None:
     path = mount.seed("f.txt", "abcdef")
     fd = os.open(path, os.O_RDWR)

@@ -19,7 +19,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from fencefs.core.errors import Busy, Conflict, Fenced, FenceError
-from fencefs.core.model import EXCLUSIVE, OPTIMISTIC, Claim, FileState, Kind, Persisted
+from fencefs.core.model import EXCLUSIVE, OPTIMISTIC, SHARED, Claim, FileState, Kind, Persisted
+from fencefs.core.policy import PolicyRules
 
 
 def decide(file: FileState, claim: Claim) -> type[FenceError] | None:
@@ -56,8 +57,10 @@ class Coordinator:
         *,
         default_policy: str = OPTIMISTIC,
         lease_ttl: float = 60.0,
+        shared_globs: Iterable[str] = (),
     ) -> None:
         self.default_policy = default_policy
+        self.rules = PolicyRules(default_policy, shared_globs)
         self.lease_ttl = lease_ttl
         self._files: dict[str, FileState] = {}
         self._ids = itertools.count(1)
@@ -123,7 +126,12 @@ class Coordinator:
         return len(self._observed)
 
     def policy_of(self, file: FileState) -> str:
-        return file.policy or self.default_policy
+        """The file's own policy, else the mount's globs, else its default."""
+        return self.rules.effective(file.path, file.policy)
+
+    def policy_for(self, path: str, own: str | None) -> str:
+        """The policy a file with its own policy ``own`` would have at ``path``."""
+        return self.rules.effective(path, own)
 
     def live_holder(self, file: FileState, identity: str, now: float) -> Claim | None:
         """Another identity's write claim that still holds the file: unrevoked
@@ -250,13 +258,14 @@ class Coordinator:
         current version when it never read it (a blind write).
         """
         file = self._files[path]
-        if self.policy_of(file) == EXCLUSIVE:
+        policy = self.policy_of(file)
+        if policy == EXCLUSIVE:
             self._exclusive_guard(file, identity, now)  # path commits too
         seen = file.readers.get(identity)
         base = seen if seen is not None else Claim(
             0, path, identity, pid, Kind.WRITE, file.version, file.epoch
         )
-        error = decide(file, base)
+        error = decide(file, base) if policy != SHARED else None  # shared: unfenced
         if error is not None:
             raise _refuse(error, file, base)
         new_version = file.version + 1
@@ -264,6 +273,21 @@ class Coordinator:
         file.version = new_version
         if seen is not None:
             seen.version = new_version
+        return new_version
+
+    def commit_in_place(self, path: str, persist: Callable[[int, int], None]) -> int:
+        """A commit of a shared file: in-place writes became a version.
+
+        No guard: shared files are not fenced, their writers coordinate with
+        their own locks. The version still counts commits, so that it
+        changes whenever the content did. ``persist(new_version, epoch)``
+        records the new version with the content; if it raises, nothing
+        changed here.
+        """
+        file = self._files[path]
+        new_version = file.version + 1
+        persist(new_version, file.epoch)
+        file.version = new_version
         return new_version
 
     def reclaim(self, path: str, persist: Callable[[int], None]) -> int:

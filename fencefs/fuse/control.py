@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from fencefs.core.errors import BadValue
 from fencefs.core.model import POLICIES, Claim, FileState
@@ -57,7 +57,8 @@ def value_of(name: str, file: FileState, identity: str, now: float, policy: str)
     raise KeyError(name)
 
 
-def status_of(files: Iterable[FileState], now: float, default_policy: str) -> bytes:
+def status_of(files: Iterable[FileState], now: float,
+              policy_of: Callable[[FileState], str]) -> bytes:
     rows = []
     for file in sorted(files, key=lambda f: f.path):
         claims = file.claims()
@@ -65,7 +66,7 @@ def status_of(files: Iterable[FileState], now: float, default_policy: str) -> by
             continue
         rows.append({
             "file": file.path, "version": file.version, "epoch": file.epoch,
-            "policy": file.policy or default_policy,
+            "policy": policy_of(file),
             "claims": [claim_row(c, now) for c in claims],
         })
     return json.dumps(rows).encode()

@@ -28,7 +28,6 @@ import pyfuse3
 import trio
 
 from fencefs.core import Busy, Claim, Coordinator, FenceError, FileState, Persisted
-from fencefs.core.model import SHARED
 from fencefs.fuse import control
 from fencefs.fuse.boundary import error_boundary
 from fencefs.fuse.identity import (
@@ -40,6 +39,7 @@ from fencefs.fuse.identity import (
     signal_pending,
 )
 from fencefs.fuse.inodes import ROOT, InodeTable
+from fencefs.fuse.shared import SharedFiles
 from fencefs.store.backing import META_DIR, Backing, Fingerprint
 from fencefs.store.drafts import Draft, Drafts, close_quietly
 from fencefs.store.journal import Journal
@@ -92,7 +92,7 @@ class Handle:
 
 
 @error_boundary
-class FenceOperations(pyfuse3.Operations):
+class FenceOperations(SharedFiles, pyfuse3.Operations):
     enable_writeback_cache = False  # writes must never arrive after flush
 
     def __init__(
@@ -107,13 +107,15 @@ class FenceOperations(pyfuse3.Operations):
         wait: float = 0.0,
         sweep_after: float | None = None,
         warm_files: int = 8192,
+        shared_globs: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.backing = Backing(backing_root)
         self.drafts = Drafts(self.backing)
         self.journal = Journal(os.path.join(self.backing.meta, "journal.jsonl"))
         self.core = Coordinator(max_observations=max_observations,
-                                default_policy=default_policy, lease_ttl=lease_ttl)
+                                default_policy=default_policy, lease_ttl=lease_ttl,
+                                shared_globs=shared_globs)
         self.wait = wait
         self.sweep_after = sweep_after
         self.inodes = InodeTable()
@@ -140,6 +142,7 @@ class FenceOperations(pyfuse3.Operations):
         self._turns: dict[str, trio.Lock] = {}
         # The journal fsync in flight, if any (see _sync_journal).
         self._journal_syncing: trio.Event | None = None
+        self._init_shared()  # handles of shared-policy files (fuse/shared.py)
 
     # -- start-up ------------------------------------------------------------
 
@@ -250,7 +253,7 @@ class FenceOperations(pyfuse3.Operations):
             if saved is not None and saved != fp:
                 self._adopt_foreign(file, fp)
             self._fingerprints[rel] = fp
-        elif self._fingerprints.get(rel) != fp:
+        elif self._fingerprints.get(rel) != fp and not self._writing_in_place(file):
             self._adopt_foreign(file, fp)
             self._fingerprints[rel] = fp
         self._keep_warm(rel)
@@ -266,6 +269,9 @@ class FenceOperations(pyfuse3.Operations):
         warm.move_to_end(rel)
         if len(warm) > self._warm_files:
             coldest, _ = warm.popitem(last=False)
+            file = self.core.get(coldest)
+            if file is not None and self._open_on(file):
+                return  # a shared handle holds this very state object
             if self.core.forget(coldest):
                 self._fingerprints.pop(coldest, None)
 
@@ -382,7 +388,8 @@ class FenceOperations(pyfuse3.Operations):
             handle = self.handles.get(fh) if fh is not None else None
             if handle is not None and handle.writable:
                 await self._truncate_draft(handle, attr.st_size)
-            else:
+            elif not await self._truncate_shared(rel, attr.st_size, fh,
+                                                 self.ids.resolve(ctx.pid)):  # shared: in place
                 await self._truncate_path(rel, attr.st_size, ctx)
         if fields.update_mode:
             os.chmod(path, stat.S_IMODE(attr.st_mode), follow_symlinks=False)
@@ -395,8 +402,18 @@ class FenceOperations(pyfuse3.Operations):
             atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
             os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+            self._utime_drafts(rel, atime, mtime)
             self._refresh_fingerprint(rel)
         return self._attrs(inode, self._lstat(rel))
+
+    def _utime_drafts(self, rel: str, atime: int, mtime: int) -> None:
+        """futimens() reaches us without its descriptor: the times go to the
+        pending drafts of the path too, or the commit that follows (tar, cp -p
+        set the times before they close) would install the draft's own."""
+        for handle in self.handles.values():
+            if handle.path == rel and handle.draft is not None and handle.claim is not None \
+                    and not handle.claim.append:
+                os.utime(handle.draft.fd, ns=(atime, mtime))
 
     def _refresh_fingerprint(self, rel: str) -> None:
         """Our own metadata change moved the mtime: not a foreign write."""
@@ -552,6 +569,7 @@ class FenceOperations(pyfuse3.Operations):
             dst_st = None
         if dst_st is not None and flags & pyfuse3.RENAME_NOREPLACE:
             raise pyfuse3.FUSEError(errno.EEXIST)
+        moving = self._check_rename_shared(old, new, src_st, dst_st)  # shared policy: EBUSY
         old_abs, new_abs = self.backing.abs(old), self.backing.abs(new)
         if (dst_st is not None and stat.S_ISREG(dst_st.st_mode)
                 and stat.S_ISREG(src_st.st_mode)):
@@ -585,6 +603,7 @@ class FenceOperations(pyfuse3.Operations):
                 handle.path = new + handle.path[len(old):]
                 if handle.draft is not None:
                     handle.draft.target = handle.path
+        self._moved_shared(moving, old, new)  # in-place handles follow (fuse/shared.py)
         await self._durable_dir(os.path.dirname(new))
         if os.path.dirname(old) != os.path.dirname(new):
             await self._durable_dir(os.path.dirname(old))
@@ -670,6 +689,11 @@ class FenceOperations(pyfuse3.Operations):
             self.handles[handle.fh] = handle
             return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
         caller = self.ids.resolve(ctx.pid)
+        # ---- shared policy: the backing file itself, in place (fuse/shared.py) ----
+        shared = self._shared_open_or_none(inode, rel, flags, caller)
+        if shared is not None:
+            return shared
+        # ---- end shared policy ----
         truncating = bool(flags & os.O_TRUNC)
         # O_TRUNC|O_APPEND replaces the content: a rewrite, not an append.
         append = bool(flags & os.O_APPEND) and not truncating
@@ -762,6 +786,9 @@ class FenceOperations(pyfuse3.Operations):
         st = self._lstat(rel)
         file = self._file(rel, st)
         caller = self.ids.resolve(ctx.pid)
+        if self._in_place(file):  # shared policy (fuse/shared.py): a glob's file
+            node = self.inodes.remember(parent_inode, os.fsdecode(name))
+            return self._open_shared(node.ino, rel, file, flags, caller), self._attrs(node.ino, st)
         handle = Handle(next(self._fh), rel, 0, caller, ctx.pid)
         handle.claim = self.core.open_write(rel, caller.identity, caller.pid, rewrite=False,
                                             append=bool(flags & os.O_APPEND),
@@ -776,6 +803,8 @@ class FenceOperations(pyfuse3.Operations):
         return info, self._attrs(node.ino, st)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if (shared := self._shared.get(fh)) is not None:  # shared policy
+            return self._read_shared(shared, off, size)
         handle = self.handles[fh]
         if handle.error is not None:
             raise pyfuse3.FUSEError(handle.error)
@@ -838,6 +867,8 @@ class FenceOperations(pyfuse3.Operations):
         handle.draft = draft
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if (shared := self._shared.get(fh)) is not None:  # shared policy
+            return self._write_shared(shared, off, buf)
         handle = self.handles[fh]
         if handle.draft is None and handle.error is None and handle.claim is not None:
             await self._make_draft(handle, copy=True)
@@ -863,6 +894,8 @@ class FenceOperations(pyfuse3.Operations):
     # -- commit ----------------------------------------------------------------
 
     async def flush(self, fh: int) -> None:
+        if (shared := self._shared.get(fh)) is not None:  # shared policy
+            return await self._flush_shared(shared)
         handle = self.handles.get(fh)
         if handle is None or handle.meta:
             return
@@ -901,6 +934,8 @@ class FenceOperations(pyfuse3.Operations):
         return held > others
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        if (shared := self._shared.get(fh)) is not None:  # shared policy
+            return await self._fsync_shared(shared)
         handle = self.handles.get(fh)
         if handle is None or handle.meta:
             return
@@ -1065,6 +1100,8 @@ class FenceOperations(pyfuse3.Operations):
         self._journal(reason, handle.claim, file, op=op, rejected=name, **fields)
 
     async def release(self, fh: int) -> None:
+        if (shared := self._shared.get(fh)) is not None:  # shared policy
+            return await self._release_shared(shared)
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
@@ -1098,7 +1135,7 @@ class FenceOperations(pyfuse3.Operations):
         text = os.fsdecode(name)
         if inode == ROOT and text == control.STATUS:
             return control.status_of(self.core.files(), time.monotonic(),
-                                     self.core.default_policy)
+                                     self.core.policy_of)
         if not control.is_control(text):  # e.g. security.capability, asked at every write
             path = self.backing.abs(self.inodes.path(inode))
             return os.getxattr(path, name, follow_symlinks=False)
@@ -1144,15 +1181,7 @@ class FenceOperations(pyfuse3.Operations):
             for claim in mine:
                 self.core.renew(claim, now)
         elif text == control.POLICY:
-            policy = control.parse_policy(value)
-            if policy == SHARED:
-                # In-place writes for lock-coordinated files: not built yet.
-                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-
-            self.core.set_policy(rel, policy, lambda p: self._persist_state(
-                file, policy=p, keep_policy=False, durable=self.durable))
-            self.journal.record("policy", rel, identity=caller.identity, pid=caller.pid,
-                                policy=policy)
+            self._set_policy(file, control.parse_policy(value), caller)
         else:
             raise pyfuse3.FUSEError(errno.EINVAL)
 
@@ -1173,9 +1202,26 @@ class FenceOperations(pyfuse3.Operations):
             if file is not None:
                 await self._reclaim(file, caller, reason=reason)
 
+    def _set_policy(self, file: FileState, policy: str | None, caller: Caller) -> None:
+        """The file's own policy (None: back to the mount's globs and default)."""
+        if policy == file.policy:
+            return
+        self._check_policy_switch(file, policy)  # shared <-> fenced: EBUSY while open
+        self.core.set_policy(file.path, policy, lambda p: self._persist_state(
+            file, policy=p, keep_policy=False, durable=self.durable))
+        self.journal.record("policy", file.path, identity=caller.identity, pid=caller.pid,
+                            policy=policy if policy is not None else "-",
+                            effective=self.core.policy_of(file))
+
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         text = os.fsdecode(name)
         rel = self.inodes.path(inode)
+        if text == control.POLICY:  # the file's own policy goes: the mount's rules apply
+            rel, file = self._regular_state(inode)
+            if file is None:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            self._set_policy(file, None, self.ids.resolve(ctx.pid))
+            return
         if control.is_control(text):
             raise pyfuse3.FUSEError(errno.EINVAL)
         self._refuse_meta(rel)

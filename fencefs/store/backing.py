@@ -93,6 +93,15 @@ class Backing:
             self.sync_dir(os.path.dirname(rel))
         return fp
 
+    @staticmethod
+    def write_state_fd(fd: int, persisted: Persisted) -> Fingerprint:
+        """Persist state on an open backing file (the shared policy's in-place
+        commits: the descriptor follows the inode across renames). Not
+        fsynced here: the caller fsyncs the file, which covers the attribute."""
+        fp = Fingerprint.of(os.fstat(fd))
+        os.setxattr(fd, STATE_XATTR, encode_state(persisted, fp))
+        return fp
+
     def sync_dir(self, rel_dir: str) -> None:
         fd = os.open(self.abs(rel_dir), os.O_RDONLY | os.O_DIRECTORY)
         try:

@@ -1,0 +1,380 @@
+"""The shared policy through a real mount (issue 9): in place, unfenced,
+visible at once, mmap and locks working, versions still counting commits."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Mount, run_py
+
+
+def xattr(path: str, name: str) -> str:
+    return os.getxattr(path, f"user.fencefs.{name}").decode()
+
+
+def events(mount: Mount, name: str) -> list[dict[str, object]]:
+    return [e for e in mount.journal() if e["event"] == name]
+
+
+# A process that opens FILE read-write, writes PAYLOAD at offset 0, says
+# "written", and keeps the file open until told (a line on stdin); then
+# fsyncs if asked and closes.
+HOLDER = textwrap.dedent("""
+    import errno, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    os.pwrite(fd, sys.argv[2].encode(), 0)
+    print("written", flush=True)
+    line = sys.stdin.readline().strip()
+    try:
+        if line == "fsync":
+            os.fsync(fd)
+        os.close(fd)
+    except OSError as e:
+        print(errno.errorcode[e.errno], flush=True)
+        sys.exit(0)
+    print("closed", flush=True)
+""")
+
+
+def hold(path: str, payload: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, path, payload],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "written"
+    return proc
+
+
+def release(proc: subprocess.Popen[str], how: str = "close", expect: str = "closed") -> None:
+    out, _ = proc.communicate(f"{how}\n", timeout=30)
+    assert out.strip() == expect
+
+
+READ = "import sys; print(open(sys.argv[1]).read(), end='')"
+
+
+# -- which files are shared --------------------------------------------------
+
+
+def test_default_globs_make_sqlite_files_shared(mount: Mount) -> None:
+    os.mkdir(mount.path("sub"))
+    shared = ["app.db", "app.db-wal", "app.db-shm", "app.db-journal", "sub/m.sqlite",
+              "m.sqlite-journal", "x.sqlite3", "x.sqlite3-wal"]
+    fenced = ["plan.md", "app.db.bak", "app.dbx", "db", "APP.DB"]
+    for name in shared + fenced:
+        mount.seed(name, "x")
+    for name in shared:
+        assert xattr(mount.path(name), "policy") == "shared", name
+    for name in fenced:
+        assert xattr(mount.path(name), "policy") == "optimistic", name
+
+
+def test_mount_globs_and_turning_the_defaults_off(make_mount: Callable[..., Mount]) -> None:
+    mount = make_mount("--no-default-shared-globs", "--shared-glob", "*.lock",
+                       "--shared-glob", "data/*.bin")
+    for d in ("data", "data/deep", "other"):
+        os.mkdir(mount.path(d))
+    expect = {"app.db": "optimistic", "x.lock": "shared", "other/y.lock": "shared",
+              "data/a.bin": "shared", "data/deep/b.bin": "shared",
+              "other/a.bin": "optimistic", "a.bin": "optimistic"}
+    for name in expect:
+        mount.seed(name, "x")
+    assert {n: xattr(mount.path(n), "policy") for n in expect} == expect
+    # The status table shows the effective policy too.
+    status = subprocess.run([sys.executable, "-m", "fencefs.cli", "status", "--json",
+                             str(mount.mnt), "x.lock"], capture_output=True, text=True)
+    assert '"policy": "shared"' in status.stdout
+
+
+# -- in place, at once --------------------------------------------------------
+
+
+def test_writes_land_in_place_and_are_seen_at_once(mount: Mount) -> None:
+    path = mount.seed("app.db", "old content")
+    ino = os.stat(mount.backing / "app.db").st_ino
+    writer = hold(path, "NEW")
+    try:
+        # Another process sees the write before the writer closes or fsyncs.
+        assert run_py(READ, path).stdout == "NEW content"
+        assert (mount.backing / "app.db").read_text() == "NEW content"
+    finally:
+        release(writer)
+    assert os.stat(mount.backing / "app.db").st_ino == ino  # no draft was renamed in
+    assert not os.listdir(mount.backing / ".fencefs/drafts")
+
+
+def test_a_fenced_file_keeps_its_draft_private(mount: Mount) -> None:
+    """The same steps on an optimistic file: the reader sees the old content
+    (this is what the shared policy turns off)."""
+    path = mount.seed("plan.md", "old content")
+    writer = hold(path, "NEW")
+    try:
+        assert run_py(READ, path).stdout == "old content"
+    finally:
+        release(writer)
+    assert run_py(READ, path).stdout == "NEW content"
+
+
+def test_versions_count_fsyncs_and_dirty_closes(mount: Mount) -> None:
+    path = mount.seed("app.db", "v1")
+    assert xattr(path, "version") == "1"
+    writer = hold(path, "v2")
+    # While the writer has uncommitted in-place writes, the moved fingerprint
+    # is its own: no foreign write, no version yet.
+    os.stat(path)
+    assert xattr(path, "version") == "1"
+    release(writer, "fsync")
+    assert xattr(path, "version") == "2"  # the fsync; the clean close adds nothing
+    writer = hold(path, "v3")
+    release(writer)
+    assert xattr(path, "version") == "3"  # the close of a dirty handle
+    run_py(READ, path)
+    fd = os.open(path, os.O_RDWR)
+    os.close(fd)
+    assert xattr(path, "version") == "3"  # reads and clean closes are no commits
+    commits = [e for e in events(mount, "commit") if e["file"] == "app.db"]
+    assert [e.get("op") for e in commits][-2:] == ["fsync", "close"]
+    assert not events(mount, "foreign")
+    mount.remount()
+    assert xattr(path, "version") == "3"
+    assert not events(mount, "foreign")
+
+
+def test_foreign_writes_are_still_noticed(mount: Mount) -> None:
+    path = mount.seed("app.db", "v1")
+    (mount.backing / "app.db").write_text("written behind fencefs's back")
+    assert xattr(path, "version") == "2"
+    assert len(events(mount, "foreign")) == 1
+
+
+def test_truncate_in_place(mount: Mount) -> None:
+    path = mount.seed("app.db", "0123456789")
+    ino = os.stat(mount.backing / "app.db").st_ino
+    os.truncate(path, 4)  # by path: a commit of its own
+    assert xattr(path, "version") == "2"
+    with open(path, "r+b") as f:
+        f.truncate(2)  # through a handle: committed at its close
+    assert xattr(path, "version") == "3"
+    assert (mount.backing / "app.db").read_bytes() == b"01"
+    assert os.stat(mount.backing / "app.db").st_ino == ino
+
+
+def test_shared_mmap_between_processes(mount: Mount) -> None:
+    path = mount.seed("app.db-shm", "\0" * 8192)
+    code = textwrap.dedent("""
+        import mmap, os, sys
+        fd = os.open(sys.argv[1], os.O_RDWR)
+        m = mmap.mmap(fd, 8192, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        if sys.argv[2] == "write":
+            m[100:105] = b"hello"
+            print("written", flush=True)
+            sys.stdin.readline()
+        else:
+            print(bytes(m[100:105]).decode(), os.pread(fd, 5, 100).decode(), flush=True)
+        m.close()
+        os.close(fd)
+    """)
+    writer = subprocess.Popen([sys.executable, "-c", code, path, "write"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "written"
+        # Another process's mapping and its read() see the writer's store.
+        assert run_py(code, path, "read").stdout.split() == ["hello", "hello"]
+    finally:
+        writer.communicate("\n", timeout=30)
+    assert writer.returncode == 0
+    assert (mount.backing / "app.db-shm").read_bytes()[100:105] == b"hello"
+    assert xattr(path, "version") == "2"
+
+
+def test_mmap_of_a_fenced_file_is_refused(mount: Mount) -> None:
+    path = mount.seed("plan.md", "\0" * 4096)
+    out = run_py(textwrap.dedent("""
+        import errno, mmap, os, sys
+        fd = os.open(sys.argv[1], os.O_RDWR)
+        try:
+            mmap.mmap(fd, 4096, mmap.MAP_SHARED)
+            print("mapped")
+        except OSError as e:
+            print(errno.errorcode[e.errno])
+    """), path)
+    assert out.stdout.strip() == "ENODEV"
+
+
+LOCKER = textwrap.dedent("""
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    kind = sys.argv[2]
+    op = {"posix": fcntl.lockf, "flock": fcntl.flock}[kind]
+    if sys.argv[3] == "hold":
+        op(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        sys.stdin.readline()
+    else:
+        try:
+            op(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            print("got it")
+        except OSError as e:
+            print(e.errno)
+""")
+
+
+@pytest.mark.parametrize("kind", ["posix", "flock"])
+def test_locks_work_between_processes(mount: Mount, kind: str) -> None:
+    path = mount.seed("app.db", "x")
+    holder = subprocess.Popen([sys.executable, "-c", LOCKER, path, kind, "hold"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert run_py(LOCKER, path, kind, "try").stdout.strip() == str(errno.EAGAIN)
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert run_py(LOCKER, path, kind, "try").stdout.strip() == "got it"
+
+
+# -- no fencing ---------------------------------------------------------------
+
+
+def test_no_fencing_on_shared_files(mount: Mount) -> None:
+    path = mount.seed("app.db", "v1")
+    # Two writers resting on the same version both land (last write wins),
+    # where an optimistic file would refuse the second with EAGAIN.
+    a, b = hold(path, "AA"), hold(path, "B")
+    release(a)
+    release(b)
+    assert run_py(READ, path).stdout == "BA"
+    # A reclaim revokes nothing: a handle opened before it still writes.
+    c = hold(path, "C")
+    subprocess.run(["setfattr", "-n", "user.fencefs.reclaim", "-v", "1", path], check=True)
+    release(c)
+    assert run_py(READ, path).stdout == "CA"
+    # Path operations by an identity whose read is stale go ahead too.
+    env = {"FENCEFS_AGENT": "stale"}
+    run_py(READ, path, env=env)
+    mount.seed("app.db", "moved on")
+    tmp = mount.seed("new.tmp", "replacement")
+    assert run_py("import os, sys; os.rename(sys.argv[1], sys.argv[2])", tmp, path,
+                  env=env).returncode == 0
+    assert run_py(READ, path).stdout == "replacement"
+    assert not events(mount, "conflict") and not events(mount, "fenced")
+    assert not mount.rejected()
+
+
+def test_reads_from_before_a_switch_to_shared_do_not_fence(mount: Mount) -> None:
+    path = mount.seed("state.bin", "v1")
+    env = {"FENCEFS_AGENT": "stale"}
+    assert run_py(READ, path, env=env).stdout == "v1"  # an observation claim, at v1
+    os.setxattr(path, "user.fencefs.policy", b"shared")
+    mount.seed("state.bin", "v2")  # the file moves on
+    tmp = mount.seed("new.tmp", "from stale")
+    for code in ("import os, sys; os.truncate(sys.argv[1], 4)",
+                 "import os, sys; os.rename(sys.argv[2], sys.argv[1])",
+                 "import os, sys; os.unlink(sys.argv[1])"):
+        result = run_py(code, path, tmp, env=env)
+        assert result.returncode == 0, result.stderr
+    assert not events(mount, "conflict")
+
+
+# -- choosing and changing the policy ----------------------------------------
+
+
+def test_setfattr_shared_and_back(mount: Mount) -> None:
+    path = mount.seed("state.bin", "v1")
+    os.setxattr(path, "user.fencefs.policy", b"shared")
+    assert xattr(path, "policy") == "shared"
+    writer = hold(path, "V2")
+    try:
+        assert run_py(READ, path).stdout == "V2"  # in place
+        # Not while it is open: in-place and drafted handles would disagree.
+        with pytest.raises(OSError) as info:
+            os.setxattr(path, "user.fencefs.policy", b"optimistic")
+        assert info.value.errno == errno.EBUSY
+        # Setting what it already has changes nothing, open or not.
+        os.setxattr(path, "user.fencefs.policy", b"shared")
+    finally:
+        release(writer)
+    mount.remount()
+    assert xattr(path, "policy") == "shared"  # persisted with the file
+    os.setxattr(path, "user.fencefs.policy", b"optimistic")
+    # Fenced again: two writers on the same version, the second is refused.
+    a, b = hold(path, "A"), hold(path, "B")
+    release(a)
+    release(b, expect="EAGAIN")
+    assert run_py(READ, path).stdout == "A2"
+
+
+def test_opting_a_database_back_into_fencing(mount: Mount) -> None:
+    path = mount.seed("notes.db", "v1")
+    assert xattr(path, "policy") == "shared"
+    holder = hold(path, "x")
+    try:
+        with pytest.raises(OSError) as info:
+            os.setxattr(path, "user.fencefs.policy", b"optimistic")
+        assert info.value.errno == errno.EBUSY
+    finally:
+        release(holder)
+    os.setxattr(path, "user.fencefs.policy", b"optimistic")
+    assert xattr(path, "policy") == "optimistic"
+    writer = hold(path, "NEW")
+    try:
+        assert run_py(READ, path).stdout == "x1"  # a private draft again
+    finally:
+        release(writer)
+    # setfattr -x drops the file's own policy: the glob applies again.
+    subprocess.run(["setfattr", "-x", "user.fencefs.policy", path], check=True)
+    assert xattr(path, "policy") == "shared"
+    policies = [e.get("policy") for e in events(mount, "policy")]
+    assert policies == ["optimistic", "-"]
+
+
+def test_renames_that_would_switch_an_open_file_are_refused(mount: Mount) -> None:
+    db = mount.seed("app.db", "db")
+    tmp = mount.seed("build.tmp", "built")
+    # Over a shared file that is open: its handles would lose their file.
+    holder = hold(db, "DB")
+    try:
+        with pytest.raises(OSError) as info:
+            os.rename(tmp, db)
+        assert info.value.errno == errno.EBUSY
+    finally:
+        release(holder)
+    # A fenced file open for writing cannot become shared by a rename.
+    writer = hold(tmp, "B")
+    try:
+        with pytest.raises(OSError) as info:
+            os.rename(tmp, mount.path("other.db"))
+        assert info.value.errno == errno.EBUSY
+    finally:
+        release(writer)
+    # Closed, both are fine; the content at app.db is shared (the glob).
+    os.rename(tmp, db)
+    assert run_py(READ, db).stdout == "Built"
+    assert xattr(db, "policy") == "shared"
+
+
+def test_an_open_shared_file_follows_its_rename(mount: Mount) -> None:
+    path = mount.seed("a.db", "v1")
+    writer = hold(path, "V2")
+    try:
+        os.rename(path, mount.path("b.db"))  # shared at both names
+    finally:
+        release(writer)
+    assert run_py(READ, mount.path("b.db")).stdout == "V2"
+    assert xattr(mount.path("b.db"), "version") == "2"
+
+
+def test_unlinked_while_open(mount: Mount) -> None:
+    path = mount.seed("app.db-journal", "v1")
+    writer = hold(path, "XX")
+    try:
+        os.unlink(path)
+        mount.seed("app.db-journal", "fresh")
+    finally:
+        release(writer)  # its in-place writes went to the unlinked file
+    assert run_py(READ, path).stdout == "fresh"
+    assert not events(mount, "foreign")
