@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -124,3 +125,14 @@ def setup_logging(debug: bool, logfile: str | None = None) -> None:
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:
         logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+    logging.getLogger("pyfuse3").addFilter(_late_reply)
+
+
+def _late_reply(record: logging.LogRecord) -> bool:
+    """pyfuse3 logs an error when the kernel refuses a reply with ENOENT: the
+    kernel had stopped waiting for it (the caller was interrupted, or the
+    mount is going away). Nothing of ours failed, so it is a warning."""
+    if record.levelno >= logging.ERROR and "fuse_reply_* failed with" in record.getMessage() \
+            and os.strerror(errno.ENOENT) in record.getMessage():
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
