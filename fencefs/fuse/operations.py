@@ -123,6 +123,7 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         self.durable = durable
         # Set once mounted: lets flush tell the opener's last close from others.
         self.mount_id: int | None = None
+        self.mountpoint: str | None = None
         self.handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
         # Open directory handles: the directory's inode and a sorted snapshot.
@@ -925,7 +926,8 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
     def _opener_still_holds(self, handle: Handle) -> bool:
         if self.mount_id is None:
             return False
-        held = holds_for_writing(handle.caller.pid, self.mount_id, handle.ino)
+        held = holds_for_writing(handle.caller.pid, self.mount_id, handle.ino,
+                                 self.mountpoint)
         # The opener's other write handles on this file account for some of
         # its descriptors; only a surplus can be a copy of this handle.
         others = sum(1 for h in self.handles.values()
