@@ -605,7 +605,7 @@ def update(
 
 def replace(
     path: str | os.PathLike[str],
-    data: bytes,
+    data: bytes | Callable[[bytes], bytes],
     *,
     version: int,
     epoch: int | None = None,
@@ -615,9 +615,11 @@ def replace(
     The compare-and-swap for code that read the file earlier (with
     ``read_versioned``) and wants its write judged against that read.
     ``version=0`` also accepts a missing file, which the commit creates.
-    Raises ``FenceConflict`` if the file moved (no retry: the caller must
-    read again and recompute), ``Fenced`` if ``epoch`` was given and a reclaim
-    has moved it. Returns the committed ``(data, version, epoch)``.
+    ``data`` may be a function of the current bytes (called once, after the
+    check), for formats that carry something over. Raises ``FenceConflict``
+    if the file moved (no retry: the caller must read again and recompute),
+    ``Fenced`` if ``epoch`` was given and a reclaim has moved it. Returns the
+    committed ``(data, version, epoch)``.
     """
     p = os.fspath(path)
     txn = _begin(p, create=version == 0)
@@ -629,7 +631,8 @@ def replace(
             if not txn.exists or txn.version != version:
                 raise FenceConflict(p, rested_version=version, rested_epoch=epoch,
                                     current_version=txn.version, current_epoch=txn.epoch)
-        return txn.commit(bytes(data))
+        new = data(txn.data) if callable(data) else data
+        return txn.commit(bytes(new))
     finally:
         txn.close()
 
@@ -703,7 +706,8 @@ async def aupdate(
                                    create=create)
 
 
-async def areplace(path: str | os.PathLike[str], data: bytes, *, version: int,
+async def areplace(path: str | os.PathLike[str], data: bytes | Callable[[bytes], bytes], *,
+                   version: int,
                    epoch: int | None = None) -> Versioned:
     """``replace`` on a worker thread."""
     return await asyncio.to_thread(replace, path, data, version=version, epoch=epoch)
