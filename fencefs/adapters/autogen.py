@@ -28,14 +28,16 @@ current content and version, so the model can merge and commit again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 from typing import Any
 
-from autogen_core import CancellationToken, Component
+from autogen_core import CancellationToken, Component, Image
 from autogen_core.memory import (
     Memory,
     MemoryContent,
+    MemoryMimeType,
     MemoryQueryResult,
     UpdateContextResult,
 )
@@ -81,12 +83,11 @@ class FenceMemory(Memory, Component[FenceMemoryConfig]):
                 return b""
 
         data = await asyncio.to_thread(read)
-        return [MemoryContent.model_validate_json(line) for line in data.splitlines()
-                if line.strip()]
+        return [_load(line) for line in data.splitlines() if line.strip()]
 
     async def add(self, content: MemoryContent,
                   cancellation_token: CancellationToken | None = None) -> None:
-        line = content.model_dump_json().encode() + b"\n"
+        line = _dump(content) + b"\n"
         await client.aupdate(self.path, lambda old: old + line, create=True,
                              retries=self.retries)
 
@@ -121,6 +122,37 @@ class FenceMemory(Memory, Component[FenceMemoryConfig]):
         return cls(config.root, name=config.name, retries=config.retries)
 
 
+def _dump(entry: MemoryContent) -> bytes:
+    """One line of JSON; the content's type is kept (text, json, bytes, image)."""
+    content = entry.content
+    value: Any
+    if isinstance(content, str):
+        kind, value = "text", content
+    elif isinstance(content, bytes):
+        kind, value = "bytes", base64.b64encode(content).decode()
+    elif isinstance(content, dict):
+        kind, value = "json", content
+    else:
+        kind, value = "image", content.to_base64()
+    mime = entry.mime_type.value if isinstance(entry.mime_type, MemoryMimeType) \
+        else entry.mime_type
+    return json.dumps({kind: value, "mime_type": mime, "metadata": entry.metadata}).encode()
+
+
+def _load(line: bytes) -> MemoryContent:
+    doc = json.loads(line)
+    content: Any
+    if "text" in doc:
+        content = doc["text"]
+    elif "bytes" in doc:
+        content = base64.b64decode(doc["bytes"])
+    elif "json" in doc:
+        content = doc["json"]
+    else:
+        content = Image.from_base64(doc["image"])
+    return MemoryContent(content=content, mime_type=doc["mime_type"], metadata=doc["metadata"])
+
+
 def _text(entry: MemoryContent) -> str:
     content = entry.content
     if isinstance(content, dict):
@@ -151,10 +183,12 @@ class StaleEdit(client.FenceConflict):
                     f"saved. Create it with base_version=0 if it should exist.")
         return (f"CONFLICT: {self.shown} changed since you read it (your edit was based on "
                 f"version {self.rested_version}, the file is now at version "
-                f"{self.current.version}). Your edit was NOT saved. Here is the current "
-                f"content (version {self.current.version}); re-apply your change to it and "
-                f"call commit_file again with base_version={self.current.version}:\n"
-                f"{self.current.data.decode('utf-8', 'replace')}")
+                f"{self.current.version}). Your edit was NOT saved. Re-apply your change to "
+                f"the current content below and call commit_file again with "
+                f"base_version={self.current.version}.\n"
+                f"--- current content of {self.shown} (version {self.current.version}) ---\n"
+                f"{self.current.data.decode('utf-8', 'replace')}\n"
+                f"--- end of {self.shown} ---")
 
 
 def _resolve(root: str, path: str) -> str:

@@ -151,9 +151,9 @@ class FenceStore(BaseStore):
             elif isinstance(op, PutOp):
                 path = self._path(op.namespace, op.key)
                 rested = seen.get(path, reads.get(path))
-                stamp = self._put(op, path, rested)
-                if stamp is not None:
-                    seen[path] = stamp
+                written = self._put(op, path, rested)
+                if written is not None:
+                    seen[path] = written
                 results.append(None)
             elif isinstance(op, ListNamespacesOp):
                 results.append(self._list_namespaces(op))

@@ -29,6 +29,7 @@ import json
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from agents.memory import SessionABC
@@ -60,7 +61,7 @@ class FenceSession(SessionABC):
         self.retries = retries
         os.makedirs(self.root, exist_ok=True)
         # What each live run rests on, by id(wrapper); dropped with the wrapper.
-        self._runs: dict[int, tuple[weakref.ref[Any], Stamp]] = {}
+        self._runs: dict[int, tuple[Callable[[], Any], Stamp]] = {}
         self._lock = threading.Lock()
 
     # -- per-run state ---------------------------------------------------------
@@ -81,6 +82,7 @@ class FenceSession(SessionABC):
             with self._lock:
                 self._runs.pop(key, None)
 
+        ref: Callable[[], Any]
         try:
             ref = weakref.ref(wrapper, forget)
         except TypeError:  # not weak-referenceable: kept until the session goes
