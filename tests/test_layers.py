@@ -25,3 +25,31 @@ def test_core_has_no_await() -> None:
 
     source = inspect.getsource(coordinator)
     assert "await " not in source and "async def" not in source
+
+
+def test_client_is_plain_file_io() -> None:
+    """fencefs.client needs no trio, no pyfuse3 and none of the daemon's layers."""
+    code = (
+        "import sys, fencefs.client\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('pyfuse3', 'trio', 'xattr')"
+        " or m in ('fencefs.cli', 'fencefs.daemon')"
+        " or m.startswith(('fencefs.fuse', 'fencefs.store', 'fencefs.core', 'fencefs.adapters'))]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "", f"fencefs.client pulled in: {out}"
+
+
+def test_nothing_imports_the_adapters() -> None:
+    """The adapters are optional extras: the package never imports them or a framework."""
+    code = (
+        "import sys, fencefs, fencefs.cli, fencefs.daemon, fencefs.client, fencefs.adapters\n"
+        "bad = [m for m in sys.modules if m.startswith('fencefs.adapters.')"
+        " or m.split('.')[0] in ('langgraph', 'agents', 'autogen_core', 'autogen_agentchat',"
+        " 'crewai')]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "", f"importing fencefs pulled in: {out}"
