@@ -101,13 +101,17 @@ class Model:
             return error
         f = self.files[h.file]
         f.content = f.content + h.content if h.mode == "append" else h.content
+        before = f.version
         f.version += 1
         h.version = f.version
         h.dirty = False
         if h.mode == "append":
             h.content = b""
         key = (h.ident, h.file)
-        if key in self.observed:
+        # The writer knows what it made, except that an append onto content
+        # it never read leaves what it did read stale.
+        if key in self.observed and (h.mode != "append"
+                                     or self.observed[key] == (before, f.epoch)):
             self.observed[key] = (f.version, f.epoch)
         return None
 
