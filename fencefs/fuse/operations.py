@@ -527,7 +527,8 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         inode, _ = self._dirs[fh]
-        self.backing.sync_dir(self.inodes.path(inode))
+        if self.durable:  # off the event loop: an fsync can take milliseconds
+            await trio.to_thread.run_sync(self.backing.sync_dir, self.inodes.path(inode))
 
     # -- unlink and rename: path commits -------------------------------------
 
