@@ -144,21 +144,50 @@ def _safe(text: str) -> str:
 
 
 def copy_content(src_fd: int, dst_fd: int) -> None:
-    """Copy a whole file: reflink where the filesystem can, else in-kernel."""
+    """Copy a whole file: reflink where the filesystem can, else in-kernel.
+
+    Only the data extents are copied (SEEK_DATA/SEEK_HOLE): a sparse file's
+    holes stay holes in the draft instead of becoming zeros on disk.
+    """
     try:
         fcntl.ioctl(dst_fd, FICLONE, src_fd)
         return
     except OSError:
         pass
     size = os.fstat(src_fd).st_size
+    for start, end in _data_extents(src_fd, size):
+        _copy_range(src_fd, dst_fd, start, end)
+    os.ftruncate(dst_fd, size)  # a trailing hole
+
+
+def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    extents = []
     offset = 0
     while offset < size:
         try:
-            n = os.copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # nothing but a hole from here on
+                break
+            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # no hole support
+                return [(0, size)]
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if end <= start:
+            break
+        extents.append((start, end))
+        offset = end
+    return extents
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, end: int) -> None:
+    while offset < end:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, end - offset, offset, offset)
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL):
                 raise
-            n = _copy_fallback(src_fd, dst_fd, offset, size - offset)
+            n = _copy_fallback(src_fd, dst_fd, offset, end - offset)
         if n == 0:
             break
         offset += n
