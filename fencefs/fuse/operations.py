@@ -400,6 +400,24 @@ class FenceOperations(pyfuse3.Operations):
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         return self._attrs(node.ino, self._lstat(rel))
 
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        # Regular files (tar --xattrs makes them so), FIFOs and sockets, as on
+        # the backing filesystem; device nodes have no place in a shared tree.
+        rel = self._child(parent_inode, name)
+        self._refuse_meta(rel)
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        path = self.backing.abs(rel)
+        os.mknod(path, kind | (stat.S_IMODE(mode) & ~ctx.umask))
+        self._own(path, ctx)
+        st = self._lstat(rel)
+        if stat.S_ISREG(st.st_mode):
+            self._file(rel, st)
+        node = self.inodes.remember(parent_inode, os.fsdecode(name))
+        return self._attrs(node.ino, st)
+
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         # Two paths sharing one content would share one version under two
