@@ -216,7 +216,12 @@ def offset_cases(root: Path) -> list[Outcome]:
     fd = os.open(p("log"), os.O_RDWR | os.O_APPEND)
     os.write(fd, b"three\n")
     out.append(outcome(lambda: os.pread(fd, 100, 0)))
+    out.append(outcome(lambda: os.pread(fd, 4, 12)))
     out.append(outcome(lambda: os.fstat(fd).st_size))
+    os.fsync(fd)
+    out.append(outcome(lambda: os.pread(fd, 100, 0)))
+    os.write(fd, b"four\n")
+    out.append(outcome(lambda: os.pread(fd, 100, 0)))
     os.close(fd)
     # Seek past the end: a hole reads as zeros.
     fd = os.open(p("holey"), os.O_RDWR | os.O_CREAT, 0o644)

@@ -724,11 +724,29 @@ class FenceOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(handle.error)
         if handle.draft is not None and not (handle.claim and handle.claim.append):
             return os.pread(handle.draft.fd, size, off)
+        if handle.draft is not None:
+            return self._read_appending(handle, off, size)
         if handle.base_fd is None:
             return b""
         data = os.pread(handle.base_fd, size, off)
         if handle.served != handle.observed and not handle.meta and not handle.dirty:
             self._observe(handle)
+        return data
+
+    @staticmethod
+    def _read_appending(handle: Handle, off: int, size: int) -> bytes:
+        """An appending handle reads its own appends after the content it
+        opened (where they would land if it committed now)."""
+        assert handle.draft is not None
+        base = os.fstat(handle.base_fd).st_size if handle.base_fd is not None else 0
+        data = b""
+        if off < base:
+            assert handle.base_fd is not None
+            data = os.pread(handle.base_fd, min(size, base - off), off)
+            if off + len(data) < base:
+                return data
+        if len(data) < size:
+            data += os.pread(handle.draft.fd, size - len(data), max(off - base, 0))
         return data
 
     def _observe(self, handle: Handle) -> None:
@@ -931,7 +949,10 @@ class FenceOperations(pyfuse3.Operations):
                 raise
             self._fingerprints[rel] = Fingerprint.of(os.fstat(combined.fd))
             # ---- end of the atomic step ----
-            close_quietly(combined.fd)
+            # The handle now reads the content it installed, appends included.
+            if handle.base_fd is not None:
+                close_quietly(handle.base_fd)
+            handle.base_fd, handle.served = combined.fd, (version, claim.epoch)
             self.drafts.discard(appended)
             self.journal.record("commit", rel, identity=claim.identity, pid=claim.pid,
                                 version=seen, epoch=claim.epoch, new_version=version,
