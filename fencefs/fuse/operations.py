@@ -36,6 +36,7 @@ from fencefs.fuse.identity import (
     dying_by_signal,
     holds_for_writing,
     signal_pending,
+    tgid_of,
 )
 from fencefs.fuse.inodes import ROOT, InodeTable
 from fencefs.store.backing import META_DIR, Backing, Fingerprint
@@ -106,6 +107,8 @@ class FenceOperations(pyfuse3.Operations):
         # Set once mounted: lets flush tell the opener's last close from others.
         self.mount_id: int | None = None
         self.handles: dict[int, Handle] = {}
+        # Open write handles per inode (fh numbers): whose draft a getattr sees.
+        self._writers: dict[int, set[int]] = {}
         self._fh = itertools.count(1)
         # Open directory handles: the directory's inode and a sorted snapshot.
         self._dirs: dict[int, tuple[int, list[tuple[str, os.stat_result]]]] = {}
@@ -302,7 +305,33 @@ class FenceOperations(pyfuse3.Operations):
         st = self._lstat(rel)
         if stat.S_ISREG(st.st_mode) and not self._is_meta(rel):
             self._file(rel, st)
-        return self._attrs(inode, st)
+        attrs = self._attrs(inode, st)
+        size = self._own_draft_size(inode, ctx.pid)
+        if size is not None:
+            attrs.st_size = size
+        return attrs
+
+    def _own_draft_size(self, inode: int, tid: int) -> int | None:
+        """The size of the caller's own uncommitted draft of ``inode``, if it
+        has one: a writer's fstat and lseek(SEEK_END) see what it wrote, as on
+        any filesystem; everyone else sees the committed size (G4)."""
+        fhs = self._writers.get(inode)
+        if not fhs:
+            return None
+        mine = [h for h in (self.handles[fh] for fh in fhs)
+                if h.dirty and h.draft is not None and h.error is None]
+        if not mine:
+            return None
+        pid = tgid_of(tid)
+        mine = [h for h in mine if h.caller.pid == pid]
+        if not mine:
+            return None
+        handle = mine[-1]
+        assert handle.draft is not None
+        if handle.claim is not None and handle.claim.append:
+            base = os.fstat(handle.base_fd).st_size if handle.base_fd is not None else 0
+            return base + handle.append_at
+        return os.fstat(handle.draft.fd).st_size
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
@@ -642,6 +671,8 @@ class FenceOperations(pyfuse3.Operations):
                 close_quietly(handle.base_fd)
             raise
         self.handles[handle.fh] = handle
+        if writing:
+            self._writers.setdefault(inode, set()).add(handle.fh)
         # direct_io: no page cache, so a draft's bytes never reach other readers
         # and every reader gets the committed version its handle opened.
         return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
@@ -715,6 +746,7 @@ class FenceOperations(pyfuse3.Operations):
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         handle.ino = node.ino
         self.handles[handle.fh] = handle
+        self._writers.setdefault(node.ino, set()).add(handle.fh)
         info = pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
         return info, self._attrs(node.ino, st)
 
@@ -1001,6 +1033,11 @@ class FenceOperations(pyfuse3.Operations):
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
+        writers = self._writers.get(handle.ino)
+        if writers is not None:
+            writers.discard(fh)
+            if not writers:
+                del self._writers[handle.ino]
         if handle.dirty and handle.error is None and handle.claim is not None:
             # Left dirty by a deferred flush (see flush): commit now. Errors
             # cannot reach the caller from release: a refusal is journaled
