@@ -13,14 +13,16 @@ the check is made afresh after it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pyfuse3
 import trio
@@ -592,10 +594,11 @@ class FenceOperations(pyfuse3.Operations):
 
     async def _truncate_draft(self, handle: Handle, size: int) -> None:
         self._check_live(handle)
-        if handle.draft is None:
-            await self._make_draft(handle, copy=size > 0)
-        assert handle.draft is not None
-        os.ftruncate(handle.draft.fd, size)
+        with self._failing_on_io(handle, "truncate"):
+            if handle.draft is None:
+                await self._make_draft(handle, copy=size > 0)
+            assert handle.draft is not None
+            os.ftruncate(handle.draft.fd, size)
         handle.dirty = True
 
     async def _truncate_path(self, rel: str, size: int, ctx: pyfuse3.RequestContext) -> None:
@@ -826,12 +829,14 @@ class FenceOperations(pyfuse3.Operations):
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self.handles[fh]
-        if handle.draft is None and handle.error is None and handle.claim is not None:
-            await self._make_draft(handle, copy=True)
+        with self._failing_on_io(handle, "write"):
+            if handle.draft is None and handle.error is None and handle.claim is not None:
+                await self._make_draft(handle, copy=True)
         # Checked after the draft exists (its copy may have awaited), so a
         # refusal keeps what the handle wrote, this write included.
         self._check_live(handle, refused_write=(off, buf))
-        written = self._write_draft(handle, off, buf)
+        with self._failing_on_io(handle, "write"):
+            written = self._write_draft(handle, off, buf)
         handle.dirty = True
         assert handle.claim is not None
         self.core.renew(handle.claim, time.monotonic())
@@ -907,7 +912,8 @@ class FenceOperations(pyfuse3.Operations):
         assert claim is not None
         self._check_live(handle, "commit")
         if handle.draft is None:
-            await self._make_draft(handle, copy=False)
+            with self._failing_on_io(handle, "commit"):
+                await self._make_draft(handle, copy=False)
             self._check_live(handle, "commit")
         if claim.append:
             await self._commit_append(handle)
@@ -919,8 +925,9 @@ class FenceOperations(pyfuse3.Operations):
         predicted = Persisted(claim.version + 1, claim.epoch, file.policy)
         # Slow part first, off the event loop: the draft gets the state it
         # will commit as, and reaches the disk.
-        await trio.to_thread.run_sync(
-            lambda: self.drafts.prepare(draft, predicted, durable=self.durable))
+        with self._failing_on_io(handle, "commit"):
+            await trio.to_thread.run_sync(
+                lambda: self.drafts.prepare(draft, predicted, durable=self.durable))
 
         # ---- atomic: from the check to the rename, no await (G3) ----
         def install(version: int, epoch: int) -> None:
@@ -932,7 +939,8 @@ class FenceOperations(pyfuse3.Operations):
 
         before = (claim.version, claim.epoch)
         try:
-            version = self.core.commit(claim, install)
+            with self._failing_on_io(handle, "commit"):
+                version = self.core.commit(claim, install)
         except FenceError as e:
             self._reject(handle, e, op="commit")
             raise
@@ -964,21 +972,25 @@ class FenceOperations(pyfuse3.Operations):
             assert file is not None
             seen = file.version
             persisted = Persisted(seen + 1, claim.epoch, file.policy)
-            if attempt < 3:
-                combined = await trio.to_thread.run_sync(
-                    self._build_append, rel, appended, handle.caller, persisted)
-            # ---- atomic: from here to the rename, no await (G3) ----
-            else:
-                combined = self._build_append(rel, appended, handle.caller, persisted)
+            with self._failing_on_io(handle, "append"):
+                if attempt < 3:
+                    combined = await trio.to_thread.run_sync(
+                        self._build_append, rel, appended, handle.caller, persisted)
+                # ---- atomic: from here to the rename, no await (G3) ----
+                else:
+                    combined = self._build_append(rel, appended, handle.caller, persisted)
             if file.version != seen or self.core.get(rel) is not file:
                 self.drafts.discard(combined)  # someone committed meanwhile: rebuild
                 continue
             try:
-                version = self.core.commit(claim, lambda v, e: self.drafts.install(combined))
+                    version = self.core.commit(claim, lambda v, e: self.drafts.install(combined))
             except FenceError as e:
                 self.drafts.discard(combined)
                 self._reject(handle, e, op="append")
                 raise
+            except OSError as e:
+                self.drafts.discard(combined)
+                self._fail(handle, e, "append")
             self._fingerprints[rel] = Fingerprint.of(os.fstat(combined.fd))
             # ---- end of the atomic step ----
             # The handle now reads the content it installed, appends included.
@@ -1001,16 +1013,43 @@ class FenceOperations(pyfuse3.Operations):
             combined = self.drafts.create(rel, caller.identity, caller.pid, src)
         finally:
             os.close(src)
-        end = os.fstat(combined.fd).st_size
-        offset = 0
-        while True:
-            chunk = os.pread(appended.fd, 1 << 20, offset)
-            if not chunk:
-                break
-            os.pwrite(combined.fd, chunk, end + offset)
-            offset += len(chunk)
-        self.drafts.prepare(combined, persisted, durable=self.durable)
+        try:
+            end = os.fstat(combined.fd).st_size
+            offset = 0
+            while True:
+                chunk = os.pread(appended.fd, 1 << 20, offset)
+                if not chunk:
+                    break
+                os.pwrite(combined.fd, chunk, end + offset)
+                offset += len(chunk)
+            self.drafts.prepare(combined, persisted, durable=self.durable)
+        except BaseException:
+            self.drafts.discard(combined)  # never leave a half-built draft behind
+            raise
         return combined
+
+    @contextlib.contextmanager
+    def _failing_on_io(self, handle: Handle, op: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            self._fail(handle, e, op)
+
+    def _fail(self, handle: Handle, exc: OSError, op: str) -> NoReturn:
+        """An I/O error on a handle's draft (a full disk, a backing store
+        gone read-only or failing) ends the handle: the draft no longer holds
+        what the program wrote, so it must never commit. Every later write,
+        fsync and close repeats the errno. The draft is discarded, not kept:
+        on a full disk, keeping it would keep the disk full."""
+        code = exc.errno or errno.EIO
+        handle.error, handle.dirty = code, False
+        if handle.draft is not None:
+            self.drafts.discard(handle.draft)
+            handle.draft = None
+        log.warning("%s of %s failed: %s", op, handle.path, exc)
+        self._journal("failed", handle.claim, self.core.get(handle.path), op=op,
+                      errno=errno.errorcode.get(code, str(code)))
+        raise pyfuse3.FUSEError(code) from None
 
     def _reject(self, handle: Handle, error: FenceError | None, *, op: str,
                 reason: str | None = None, **fields: object) -> None:

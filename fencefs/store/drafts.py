@@ -15,12 +15,15 @@ import fcntl
 import hashlib
 import itertools
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 
 from fencefs.core.model import Persisted
 from fencefs.store.backing import STATE_XATTR, Backing, Fingerprint, encode_state
+
+log = logging.getLogger("fencefs.store")
 
 DRAFT_XATTR = "user.fencefs.draft"
 FICLONE = 0x40049409
@@ -81,11 +84,16 @@ class Drafts:
         os.rename(draft.path, self.backing.abs(draft.target))
 
     def discard(self, draft: Draft) -> None:
+        """Close and delete a draft. A draft that cannot be deleted (a store
+        gone read-only or failing) stays behind and is put away as abandoned
+        at the next mount."""
         close_quietly(draft.fd)
         try:
             os.unlink(draft.path)
         except FileNotFoundError:
             pass
+        except OSError as e:
+            log.warning("could not delete draft %s: %s", draft.path, e)
 
     # -- rejected writes ---------------------------------------------------
 
