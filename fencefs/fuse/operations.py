@@ -266,6 +266,11 @@ class FenceOperations(pyfuse3.Operations):
         path = claim.path if claim is not None else (file.path if file else "?")
         self.journal.record(event, path, **info)
 
+    def _room_to_journal(self) -> None:
+        """Refuse (ENOSPC) a commit or reclaim the journal has no room for."""
+        if not self.journal.reserve():
+            raise OSError(errno.ENOSPC, "no room left to journal the change")
+
     async def _sync_journal(self) -> None:
         if self.durable:
             await trio.to_thread.run_sync(self.journal.sync)
@@ -570,6 +575,7 @@ class FenceOperations(pyfuse3.Operations):
                      draft: Draft | None = None, **fields: object) -> int:
         """Check-and-install of a path operation. No await in here (G3).
         A refused ``draft`` is kept under rejected/."""
+        self._room_to_journal()
         try:
             version = self.core.commit_path(file.path, caller.identity, caller.pid, install,
                                             now=time.monotonic())
@@ -928,6 +934,7 @@ class FenceOperations(pyfuse3.Operations):
         with self._failing_on_io(handle, "commit"):
             await trio.to_thread.run_sync(
                 lambda: self.drafts.prepare(draft, predicted, durable=self.durable))
+            self._room_to_journal()
 
         # ---- atomic: from the check to the rename, no await (G3) ----
         def install(version: int, epoch: int) -> None:
@@ -983,7 +990,8 @@ class FenceOperations(pyfuse3.Operations):
                 self.drafts.discard(combined)  # someone committed meanwhile: rebuild
                 continue
             try:
-                    version = self.core.commit(claim, lambda v, e: self.drafts.install(combined))
+                self._room_to_journal()
+                version = self.core.commit(claim, lambda v, e: self.drafts.install(combined))
             except FenceError as e:
                 self.drafts.discard(combined)
                 self._reject(handle, e, op="append")
@@ -1192,6 +1200,7 @@ class FenceOperations(pyfuse3.Operations):
     async def _reclaim(self, file: FileState, caller: Caller, *, reason: str) -> int:
         """Reclaim: the new epoch is on disk before anyone can observe it."""
         before = file.epoch
+        self._room_to_journal()
         epoch = self.core.reclaim(file.path, self._epoch_persister(file))
         self.journal.record("reclaim", file.path, identity=caller.identity, pid=caller.pid,
                             version=file.version, epoch=before, new_epoch=epoch,
