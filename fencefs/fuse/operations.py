@@ -18,6 +18,7 @@ import errno
 import itertools
 import logging
 import os
+import resource
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +52,8 @@ log = logging.getLogger("fencefs.fuse")
 _META_VISIBLE = {"journal.jsonl", "rejected"}
 # Copies bigger than this run on a worker thread.
 _BIG = 1 << 20
+# Descriptors kept free for commits whatever the number of open handles.
+FD_RESERVE = 256
 _ATTR_TIMEOUT_DIR = 1.0
 _ENTRY_TIMEOUT = 1.0
 
@@ -73,6 +76,7 @@ class Handle:
     meta: bool = False
     served: tuple[int, int] | None = None  # (version, epoch) of base_fd
     observed: tuple[int, int] | None = None  # what read() last recorded
+    booked: tuple[int, int] = (0, 0)  # (process, descriptors) booked at open
 
     @property
     def writable(self) -> bool:
@@ -111,6 +115,9 @@ class FenceOperations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         # Open write handles per inode (fh numbers): whose draft a getattr sees.
         self._writers: dict[int, set[int]] = {}
+        # Descriptors booked by open handles, in all and per process.
+        self._booked = 0
+        self._booked_by: dict[int, int] = {}
         self._fh = itertools.count(1)
         # Open directory handles: the directory's inode and a sorted snapshot.
         self._dirs: dict[int, tuple[int, list[tuple[str, os.stat_result]]]] = {}
@@ -645,12 +652,16 @@ class FenceOperations(pyfuse3.Operations):
         if self._is_meta(rel):
             if writing or flags & os.O_TRUNC:
                 raise pyfuse3.FUSEError(errno.EROFS)
+            pid = tgid_of(ctx.pid)
+            self._room_for_handle(pid, 1)
             fd = os.open(self.backing.abs(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             handle = Handle(next(self._fh), rel, inode, Caller("meta", ctx.pid), ctx.pid,
                             base_fd=fd, meta=True)
             self.handles[handle.fh] = handle
+            self._book(handle, pid, 1)
             return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
         caller = self.ids.resolve(ctx.pid)
+        self._room_for_handle(caller.pid, 2 if writing else 1)
         truncating = bool(flags & os.O_TRUNC)
         # O_TRUNC|O_APPEND replaces the content: a rewrite, not an append.
         append = bool(flags & os.O_APPEND) and not truncating
@@ -680,11 +691,43 @@ class FenceOperations(pyfuse3.Operations):
                 close_quietly(handle.base_fd)
             raise
         self.handles[handle.fh] = handle
+        self._book(handle, caller.pid, 2 if writing else 1)
         if writing:
             self._writers.setdefault(inode, set()).add(handle.fh)
         # direct_io: no page cache, so a draft's bytes never reach other readers
         # and every reader gets the committed version its handle opened.
         return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
+
+    def _room_for_handle(self, pid: int, units: int) -> None:
+        """ENFILE when a new handle of process ``pid`` needing ``units``
+        descriptors does not fit. A read handle holds one descriptor, a write
+        handle up to two (its committed content and its draft). FD_RESERVE
+        stay free for commits (drafts of path commits and appends, directory
+        syncs), and one process may book at most half of the rest, so a
+        client hoarding handles gets ENFILE while others can still open and
+        commit. Without this, a hoarder made everyone's commits fail half-way
+        with EMFILE."""
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if limit == resource.RLIM_INFINITY:
+            return
+        budget = limit - FD_RESERVE
+        if (self._booked + units > budget
+                or self._booked_by.get(pid, 0) + units > budget // 2):
+            raise pyfuse3.FUSEError(errno.ENFILE)
+
+    def _book(self, handle: Handle, pid: int, units: int) -> None:
+        handle.booked = (pid, units)
+        self._booked += units
+        self._booked_by[pid] = self._booked_by.get(pid, 0) + units
+
+    def _unbook(self, handle: Handle) -> None:
+        pid, units = handle.booked
+        self._booked -= units
+        left = self._booked_by.get(pid, 0) - units
+        if left > 0:
+            self._booked_by[pid] = left
+        else:
+            self._booked_by.pop(pid, None)
 
     async def _acquire(self, inode: int, caller: Caller, tid: int, *, rewrite: bool,
                        append: bool) -> tuple[Claim, str, FileState]:
@@ -737,6 +780,8 @@ class FenceOperations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         rel = self._child(parent_inode, name)
         self._refuse_meta(rel)
+        caller = self.ids.resolve(ctx.pid)
+        self._room_for_handle(caller.pid, 2)
         path = self.backing.abs(rel)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      stat.S_IMODE(mode) & ~ctx.umask)
@@ -744,7 +789,6 @@ class FenceOperations(pyfuse3.Operations):
         self._own(path, ctx)
         st = self._lstat(rel)
         file = self._file(rel, st)
-        caller = self.ids.resolve(ctx.pid)
         handle = Handle(next(self._fh), rel, 0, caller, ctx.pid)
         handle.claim = self.core.open_write(rel, caller.identity, caller.pid, rewrite=False,
                                             append=bool(flags & os.O_APPEND),
@@ -755,6 +799,7 @@ class FenceOperations(pyfuse3.Operations):
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         handle.ino = node.ino
         self.handles[handle.fh] = handle
+        self._book(handle, caller.pid, 2)
         self._writers.setdefault(node.ino, set()).add(handle.fh)
         info = pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
         return info, self._attrs(node.ino, st)
@@ -1080,6 +1125,7 @@ class FenceOperations(pyfuse3.Operations):
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
+        self._unbook(handle)
         writers = self._writers.get(handle.ino)
         if writers is not None:
             writers.discard(fh)
