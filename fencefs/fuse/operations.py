@@ -382,9 +382,50 @@ class FenceOperations(pyfuse3.Operations):
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         rel = self.inodes.path(inode)
         target = os.readlink(self.backing.abs(rel))
-        if not self._stays_inside(rel, target):
+        if not self._stays_inside(rel, target) or not self._resolves_inside(rel, target):
             raise pyfuse3.FUSEError(errno.EPERM)
         return os.fsencode(target)
+
+    def _resolves_inside(self, link_rel: str, target: str) -> bool:
+        """True if ``target``, read from a symlink at ``link_rel`` and
+        followed through the symlinks it passes on the way, stays in BACKING.
+
+        Counting '..' is not enough: a link that climbs back from deep down
+        ('a/b/up' -> '../..') lets a path through it ('a/b/up/../x') climb
+        out while every link, taken alone, stays inside. Checked whenever a
+        link is read, so a link made harmless at creation and turned by a
+        later rename or a later link is refused when followed.
+        """
+        stack = link_rel.split("/")[:-1]
+        return self._walk(stack, target, [0]) is not None
+
+    def _walk(self, stack: list[str], target: str, hops: list[int]) -> list[str] | None:
+        if not target or target.startswith("/"):
+            return None
+        stack = list(stack)
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    return None
+                stack.pop()
+                continue
+            stack.append(part)
+            try:
+                st = os.lstat(self.backing.abs("/".join(stack)))
+            except OSError:
+                continue  # not there (yet): the kernel stops here, or counts on
+            if stat.S_ISLNK(st.st_mode):
+                hops[0] += 1
+                if hops[0] > 40:  # the kernel's own limit (ELOOP)
+                    return None
+                inner = os.readlink(self.backing.abs("/".join(stack)))
+                resolved = self._walk(stack[:-1], inner, hops)
+                if resolved is None:
+                    return None
+                stack = resolved
+        return stack
 
     @staticmethod
     def _stays_inside(link_rel: str, target: str) -> bool:
@@ -435,7 +476,7 @@ class FenceOperations(pyfuse3.Operations):
         rel = self._child(parent_inode, name)
         self._refuse_meta(rel)
         text = os.fsdecode(target)
-        if not self._stays_inside(rel, text):
+        if not self._stays_inside(rel, text) or not self._resolves_inside(rel, text):
             raise pyfuse3.FUSEError(errno.EPERM)
         path = self.backing.abs(rel)
         os.symlink(text, path)
