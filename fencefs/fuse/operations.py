@@ -31,6 +31,7 @@ import trio
 from fencefs.core import Busy, Claim, Coordinator, FenceError, FileState, Persisted
 from fencefs.core.model import SHARED
 from fencefs.fuse import control
+from fencefs.fuse.access import READ, WRITE, Access
 from fencefs.fuse.boundary import error_boundary
 from fencefs.fuse.identity import (
     Caller,
@@ -190,7 +191,8 @@ class FenceOperations(pyfuse3.Operations):
         if self._is_meta(rel):
             raise pyfuse3.FUSEError(errno.EROFS)
 
-    def _attrs(self, ino: int, st: os.stat_result) -> pyfuse3.EntryAttributes:
+    def _attrs(self, ino: int, st: os.stat_result, rel: str | None = None
+               ) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         for name in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
                      "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
@@ -273,6 +275,12 @@ class FenceOperations(pyfuse3.Operations):
         path = claim.path if claim is not None else (file.path if file else "?")
         self.journal.record(event, path, **info)
 
+    def _access(self, ctx: pyfuse3.RequestContext) -> Access:
+        return Access(ctx.uid, ctx.gid, ctx.pid, self._lstat_any)
+
+    def _lstat_any(self, rel: str) -> os.stat_result:
+        return self.backing.lstat(rel)
+
     def _room_to_journal(self) -> None:
         """Refuse (ENOSPC) a commit or reclaim the journal has no room for."""
         if not self.journal.reserve():
@@ -286,16 +294,12 @@ class FenceOperations(pyfuse3.Operations):
 
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if name == b".":
-            ino = parent_inode
-            st = self._lstat(self.inodes.path(ino))
+        if name in (b".", b".."):
+            ino = parent_inode if name == b"." else self.inodes.node(parent_inode).parent
+            rel = self.inodes.path(ino)
+            st = self._lstat(rel)
             self.inodes.node(ino).nlookup += 1
-            return self._attrs(ino, st)
-        if name == b"..":
-            ino = self.inodes.node(parent_inode).parent
-            st = self._lstat(self.inodes.path(ino))
-            self.inodes.node(ino).nlookup += 1
-            return self._attrs(ino, st)
+            return self._attrs(ino, st, rel)
         rel = self._child(parent_inode, name)
         if self._is_hidden(rel):
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -303,7 +307,7 @@ class FenceOperations(pyfuse3.Operations):
         if stat.S_ISREG(st.st_mode) and not self._is_meta(rel):
             self._file(rel, st)
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
-        return self._attrs(node.ino, st)
+        return self._attrs(node.ino, st, rel)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
@@ -319,7 +323,7 @@ class FenceOperations(pyfuse3.Operations):
         st = self._lstat(rel)
         if stat.S_ISREG(st.st_mode) and not self._is_meta(rel):
             self._file(rel, st)
-        attrs = self._attrs(inode, st)
+        attrs = self._attrs(inode, st, rel)
         size = self._own_draft_size(inode, ctx.pid)
         if size is not None:
             attrs.st_size = size
@@ -527,12 +531,14 @@ class FenceOperations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         inode, entries = self._dirs[fh]
+        base = self.inodes.path(inode)
         # Offsets are indexes into the snapshot taken at opendir: stable.
         for index in range(start_id, len(entries)):
             name, st = entries[index]
             node = self.inodes.remember(inode, name)
+            rel = f"{base}/{name}" if base else name
             if not pyfuse3.readdir_reply(token, os.fsencode(name),
-                                         self._attrs(node.ino, st), index + 1):
+                                         self._attrs(node.ino, st, rel), index + 1):
                 self.inodes.forget(node.ino, 1)
                 break
 
@@ -1201,8 +1207,11 @@ class FenceOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         text = os.fsdecode(name)
         if inode == ROOT and text == control.STATUS:
-            return control.status_of(self.core.files(), time.monotonic(),
-                                     self.core.default_policy)
+            # Only files the caller could read: the status names files and
+            # who holds them, in directories the caller may not enter.
+            access = self._access(ctx)
+            files = [f for f in self.core.files() if access.may(f.path, READ)]
+            return control.status_of(files, time.monotonic(), self.core.default_policy)
         rel, file = self._regular_state(inode)
         if control.is_control(text):
             if file is None or text not in control.READABLE:
@@ -1231,7 +1240,7 @@ class FenceOperations(pyfuse3.Operations):
             return
         caller = self.ids.resolve(ctx.pid)
         if inode == ROOT and text in (control.RECLAIM_EXPIRED, control.RECLAIM_AGENT):
-            await self._reclaim_many(text, value, caller)
+            await self._reclaim_many(text, value, caller, self._access(ctx))
             return
         if file is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -1259,9 +1268,11 @@ class FenceOperations(pyfuse3.Operations):
         else:
             raise pyfuse3.FUSEError(errno.EINVAL)
 
-    async def _reclaim_many(self, name: str, value: bytes, caller: Caller) -> None:
+    async def _reclaim_many(self, name: str, value: bytes, caller: Caller,
+                            access: Access) -> None:
         """Root-level control: reclaim every file whose write claim expired,
-        or every file on which one identity holds a claim."""
+        or every file on which one identity holds a claim; of those, only
+        the files the caller could write (as setxattr on the file requires)."""
         now = time.monotonic()
         if name == control.RECLAIM_EXPIRED:
             control.parse_one(value, name)
@@ -1271,7 +1282,7 @@ class FenceOperations(pyfuse3.Operations):
             wanted = control.parse_identity(value)
             paths = {c.path for c in self.core.claims_of(wanted)}
             reason = f"identity={wanted}"
-        for path in sorted(paths):
+        for path in sorted(p for p in paths if access.may(p, WRITE)):
             file = self.core.get(path)
             if file is not None:
                 await self._reclaim(file, caller, reason=reason)
