@@ -51,6 +51,7 @@ log = logging.getLogger("fencefs.fuse")
 
 # Shown through the mount, read-only; the rest of .fencefs/ is hidden.
 _META_VISIBLE = {"journal.jsonl", "rejected"}
+_META_OPEN_DIRS = {META_DIR, f"{META_DIR}/rejected"}
 # Copies bigger than this run on a worker thread.
 _BIG = 1 << 20
 # Descriptors kept free for commits whatever the number of open handles.
@@ -197,6 +198,10 @@ class FenceOperations(pyfuse3.Operations):
         for name in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
                      "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
             setattr(a, name, getattr(st, name))
+        if rel in _META_OPEN_DIRS:
+            # Everyone may look in (read-only): what is inside keeps the modes
+            # of the files it came from, and listings are filtered (opendir).
+            a.st_mode = stat.S_IFDIR | 0o755
         a.st_ino = ino
         a.generation = 0
         a.entry_timeout = _ENTRY_TIMEOUT
@@ -515,15 +520,20 @@ class FenceOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         rel = self.inodes.path(inode)
         entries = []
+        # Rejected writes are listed only to those who may read them.
+        access = self._access(ctx) if rel == f"{META_DIR}/rejected" else None
         with os.scandir(self.backing.abs(rel)) as it:
             for entry in it:
                 child = f"{rel}/{entry.name}" if rel else entry.name
                 if self._is_hidden(child):
                     continue
                 try:
-                    entries.append((entry.name, entry.stat(follow_symlinks=False)))
+                    st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                if access is not None and not access.may_entry(st, READ):
+                    continue
+                entries.append((entry.name, st))
         entries.sort(key=lambda e: e[0])
         fh = next(self._fh)
         self._dirs[fh] = (inode, entries)

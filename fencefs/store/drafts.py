@@ -102,7 +102,7 @@ class Drafts:
         name = rejected_name(draft.target, identity, reason)
         dest = os.path.join(self.rejected_dir, name)
         try:
-            _copy_mode(self.backing.abs(draft.target), draft.fd)
+            _copy_access(self.backing.abs(draft.target), draft.fd)
             os.removexattr(draft.fd, DRAFT_XATTR)
         except OSError:
             pass
@@ -124,6 +124,14 @@ class Drafts:
 
     def put_away(self, path: str, target: str, identity: str, reason: str) -> str:
         name = rejected_name(target, identity, reason)
+        try:  # readable by those who may read the file it was meant for
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                _copy_access(self.backing.abs(target), fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # the file is gone: the draft stays private (0600, the daemon's)
         os.rename(path, os.path.join(self.rejected_dir, name))
         return name
 
@@ -207,8 +215,12 @@ def _copy_fallback(src: int, dst: int, offset: int, count: int) -> int:
     return len(data)
 
 
-def _copy_mode(target_abs: str, fd: int) -> None:
+def _copy_access(target_abs: str, fd: int) -> None:
+    """A rejected write keeps the owner and mode of the file it was meant
+    for: whoever could not read that file cannot read its rejected writes."""
     st = os.lstat(target_abs)
+    if os.geteuid() == 0:
+        os.fchown(fd, st.st_uid, st.st_gid)
     os.fchmod(fd, st.st_mode & 0o7777)
 
 
