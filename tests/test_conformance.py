@@ -272,7 +272,18 @@ def open_file_lifetimes(root: Path) -> list[Outcome]:
     fd = os.open(p("f"), os.O_RDONLY)
     os.unlink(p("f"))
     out.append(outcome(lambda: os.pread(fd, 10, 0)))
+    out.append(outcome(lambda: os.fstat(fd).st_size))
     out.append(outcome(lambda: os.path.exists(p("f"))))
+    os.close(fd)
+    # A file replaced by a rename: the old descriptor still reads and stats.
+    for name, text in (("r", "replaced"), ("r.tmp", "replacement")):
+        with open(p(name), "w") as f:
+            f.write(text)
+    fd = os.open(p("r"), os.O_RDONLY)
+    os.rename(p("r.tmp"), p("r"))
+    out.append(outcome(lambda: os.pread(fd, 20, 0)))
+    out.append(outcome(lambda: os.fstat(fd).st_size))
+    out.append(outcome(lambda: os.stat(p("r")).st_size))
     os.close(fd)
     with open(p("g"), "w") as f:
         f.write("g1")

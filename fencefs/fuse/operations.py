@@ -324,6 +324,10 @@ class FenceOperations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
+        if self.inodes.detached(inode):
+            # Unlinked or replaced while open: fstat of a descriptor still
+            # open on it works, as on any filesystem.
+            return self._attrs(inode, self._stat_open(inode))
         rel = self.inodes.path(inode)
         st = self._lstat(rel)
         if stat.S_ISREG(st.st_mode) and not self._is_meta(rel):
@@ -333,6 +337,14 @@ class FenceOperations(pyfuse3.Operations):
         if size is not None:
             attrs.st_size = size
         return attrs
+
+    def _stat_open(self, inode: int) -> os.stat_result:
+        for handle in self.handles.values():
+            if handle.ino == inode:
+                fd = handle.draft.fd if handle.draft is not None else handle.base_fd
+                if fd is not None:
+                    return os.fstat(fd)
+        raise pyfuse3.FUSEError(errno.ESTALE)
 
     def _own_draft_size(self, inode: int, tid: int) -> int | None:
         """The size of the caller's own uncommitted draft of ``inode``, if it
