@@ -141,8 +141,11 @@ class FenceOperations(pyfuse3.Operations):
             target = str(meta.get("path", "?"))
             identity = str(meta.get("identity", "?"))
             name = self.drafts.put_away(path, target, identity, "abandoned")
+            # A commit journaled with this draft (write-ahead, see _commit)
+            # never happened: the draft names it.
             self.journal.record("abandoned", target, identity=identity,
-                                pid=meta.get("pid"), rejected=name, reason="daemon-restart")
+                                pid=meta.get("pid"), rejected=name, reason="daemon-restart",
+                                draft=os.path.basename(path))
             count += 1
         if count:
             self.journal.sync()
@@ -652,16 +655,28 @@ class FenceOperations(pyfuse3.Operations):
         """Check-and-install of a path operation. No await in here (G3).
         A refused ``draft`` is kept under rejected/."""
         self._room_to_journal()
+
+        def journaled(version: int, epoch: int) -> None:
+            # Journaled ahead of the install (see _commit).
+            self.journal.record("commit", file.path, identity=caller.identity, pid=caller.pid,
+                                op=event, new_version=version, epoch=epoch,
+                                draft=draft.name if draft is not None else None, **fields)
+            try:
+                install(version, epoch)
+            except OSError as e:
+                self.journal.record("failed", file.path, identity=caller.identity,
+                                    pid=caller.pid, op=event, new_version=version,
+                                    errno=errno.errorcode.get(e.errno or 0, str(e.errno)))
+                raise
+
         try:
-            version = self.core.commit_path(file.path, caller.identity, caller.pid, install,
+            version = self.core.commit_path(file.path, caller.identity, caller.pid, journaled,
                                             now=time.monotonic())
         except FenceError as e:
             name = (self.drafts.reject(draft, caller.identity, e.reason)
                     if draft is not None else None)
             self._journal_refusal(e, file.path, caller, event, rejected=name)
             raise
-        self.journal.record("commit", file.path, identity=caller.identity, pid=caller.pid,
-                            op=event, new_version=version, epoch=file.epoch, **fields)
         return version
 
     async def _durable_dir(self, rel_dir: str) -> None:
@@ -1051,14 +1066,21 @@ class FenceOperations(pyfuse3.Operations):
             self._room_to_journal()
 
         # ---- atomic: from the check to the rename, no await (G3) ----
+        before = (claim.version, claim.epoch)
+
         def install(version: int, epoch: int) -> None:
             if (version, epoch, file.policy) != (predicted.version, predicted.epoch,
                                                  predicted.policy):
                 self.drafts.prepare(draft, Persisted(version, epoch, file.policy),
                                     durable=self.durable)
+            # The record goes to the journal ahead of the rename: a daemon
+            # killed in between leaves a journaled commit whose draft the
+            # next mount puts away as abandoned, with the same version (never
+            # a content in place that the journal does not account for).
+            self.journal.record("commit", handle.path, identity=claim.identity, pid=claim.pid,
+                                version=before[0], epoch=before[1], new_version=version,
+                                draft=draft.name)
             self.drafts.install(draft)
-
-        before = (claim.version, claim.epoch)
         try:
             with self._failing_on_io(handle, "commit"):
                 version = self.core.commit(claim, install)
@@ -1072,8 +1094,6 @@ class FenceOperations(pyfuse3.Operations):
             close_quietly(handle.base_fd)
         handle.base_fd, handle.draft, handle.dirty = draft.fd, None, False
         handle.served = (version, file.epoch)
-        self.journal.record("commit", handle.path, identity=claim.identity, pid=claim.pid,
-                            version=before[0], epoch=before[1], new_version=version)
         await self._durable_dir(os.path.dirname(handle.path))
 
     async def _commit_append(self, handle: Handle) -> None:
@@ -1105,7 +1125,14 @@ class FenceOperations(pyfuse3.Operations):
                 continue
             try:
                 self._room_to_journal()
-                version = self.core.commit(claim, lambda v, e: self.drafts.install(combined))
+                def install(version: int, epoch: int) -> None:
+                    self.journal.record("commit", rel, identity=claim.identity, pid=claim.pid,
+                                        version=seen, epoch=epoch, new_version=version,
+                                        op="append", size=handle.append_at,
+                                        draft=combined.name)
+                    self.drafts.install(combined)
+
+                version = self.core.commit(claim, install)
             except FenceError as e:
                 self.drafts.discard(combined)
                 self._reject(handle, e, op="append")
@@ -1120,9 +1147,6 @@ class FenceOperations(pyfuse3.Operations):
                 close_quietly(handle.base_fd)
             handle.base_fd, handle.served = combined.fd, (version, claim.epoch)
             self.drafts.discard(appended)
-            self.journal.record("commit", rel, identity=claim.identity, pid=claim.pid,
-                                version=seen, epoch=claim.epoch, new_version=version,
-                                op="append", size=handle.append_at)
             handle.draft, handle.dirty, handle.append_at = None, False, 0
             await self._durable_dir(os.path.dirname(rel))
             return

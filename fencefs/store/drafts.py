@@ -36,6 +36,11 @@ class Draft:
     fd: int
     target: str
 
+    @property
+    def name(self) -> str:
+        """Its file name in drafts/: journaled with the commit it is for."""
+        return os.path.basename(self.path)
+
 
 class Drafts:
     def __init__(self, backing: Backing) -> None:
