@@ -448,6 +448,29 @@ def test_shared_writable_mmap_refused_with_enodev(mount: Mount) -> None:
         assert f.read() == b"0123456789"
 
 
+def test_writes_to_an_unlinked_file_are_a_conflict(mount: Mount, tmp_path: Path) -> None:
+    """On a plain filesystem the bytes written to an unlinked file vanish at
+    the last close. fencefs treats the unlink as a commit the writer's claim
+    did not rest on: EAGAIN, and the bytes are kept under rejected/."""
+    for mode, data in (("rw", b"late"), ("append", b"late line\n")):
+        path = mount.seed(f"{mode}.txt", "committed\n")
+        flags = os.O_RDWR if mode == "rw" else os.O_WRONLY | os.O_APPEND
+        fd = os.open(path, flags)
+        if mode == "append":
+            os.write(fd, b"early line\n")
+        os.unlink(path)
+        with pytest.raises(OSError) as info:
+            os.write(fd, data)
+            os.close(fd)
+        assert info.value.errno == errno.EAGAIN
+        with pytest.raises(OSError) as info:
+            os.close(fd)
+        assert info.value.errno == errno.EAGAIN
+        assert not os.path.exists(path)
+    kept = mount.rejected()
+    assert len(kept) == 2 and all(".conflict." in name for name in kept)
+
+
 def test_device_nodes_refused(mount: Mount) -> None:
     with pytest.raises(OSError) as info:
         os.mknod(mount.path("null"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))

@@ -1110,6 +1110,8 @@ class FenceOperations(pyfuse3.Operations):
         rel = handle.path
         for attempt in range(4):
             file = self.core.get(rel)
+            if file is None:  # unlinked meanwhile: the claim conflicts
+                self._check_live(handle, "append")
             assert file is not None
             seen = file.version
             persisted = Persisted(seen + 1, claim.epoch, file.policy)
