@@ -182,6 +182,27 @@ def _alive(pid: int) -> bool:
 # -- reclaim, status, log ----------------------------------------------------
 
 
+def _shown(value: object) -> str:
+    """Text for a terminal. File names and identities come from anyone who can
+    write to the mount: control characters (newlines, escape sequences) and
+    bytes that are not UTF-8 are shown escaped, so that they can neither
+    forge lines nor drive the terminal."""
+    out = []
+    for ch in str(value):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out)
+
+
 def _duration(text: str) -> float:
     units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
     for unit in ("ms", "s", "m", "h"):
@@ -216,7 +237,7 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
         after = _status_rows(mountpoint)
         done = [r for r in after if r["file"] in before and r["epoch"] != before[r["file"]]]
         for row in done:
-            print(f"{row['file']}: reclaimed, epoch {row['epoch']}")
+            print(f"{_shown(row['file'])}: reclaimed, epoch {row['epoch']}")
         if not done:
             print("nothing to reclaim")
         return 0
@@ -225,10 +246,10 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
         try:
             os.setxattr(path, "user.fencefs.reclaim", b"1")
             epoch = os.getxattr(path, "user.fencefs.epoch").decode()
-            print(f"{path}: reclaimed, epoch {epoch}")
+            print(f"{_shown(path)}: reclaimed, epoch {epoch}")
         except OSError as e:
             hint = " (not on a fencefs mount?)" if e.errno in (errno.ENOTSUP, errno.EINVAL) else ""
-            print(f"fencefs: {path}: {e.strerror}{hint}", file=sys.stderr)
+            print(f"fencefs: {_shown(path)}: {e.strerror}{hint}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
@@ -280,8 +301,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in rows:
         claims: list[dict[str, Any]] = list(row["claims"]) or [{}]
         for i, claim in enumerate(claims):
-            head = (f"{str(row['file'])[-32:]:32} {row['version']:>5} {row['epoch']:>5} "
-                    f"{row['policy']:10}" if i == 0 else " " * 55)
+            head = (f"{_shown(row['file'])[-32:]:32} {row['version']:>5} {row['epoch']:>5} "
+                    f"{_shown(row['policy']):10}" if i == 0 else " " * 55)
             if not claim:
                 print(f"{head} -")
                 continue
@@ -290,7 +311,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if claim["epoch"] != row["epoch"]:
                 lease = "revoked"
             rests = f"v{claim['version']}/e{claim['epoch']}"
-            print(f"{head} {str(claim['identity'])[-20:]:20} {claim['pid']:>7} "
+            print(f"{head} {_shown(claim['identity'])[-20:]:20} {claim['pid']:>7} "
                   f"{claim['kind']:5} {rests:10} {lease}")
     return 0
 
@@ -315,11 +336,12 @@ def cmd_log(args: argparse.Namespace) -> int:
     for entry in entries:
         when = datetime.datetime.fromtimestamp(float(entry.get("ts", 0))).isoformat(
             sep=" ", timespec="milliseconds")
-        detail = " ".join(f"{k}={v}" for k, v in entry.items()
+        detail = " ".join(f"{_shown(k)}={_shown(v)}" for k, v in entry.items()
                           if k not in ("ts", "event", "file", "identity", "pid"))
-        print(f"{when:23} {entry.get('event', '?'):10} {str(entry.get('file', '?'))[-28:]:28} "
-              f"{str(entry.get('identity', '-'))[-20:]:20} {entry.get('pid', '-')!s:>7} "
-              f"{detail}")
+        print(f"{when:23} {_shown(entry.get('event', '?')):10} "
+              f"{_shown(entry.get('file', '?'))[-28:]:28} "
+              f"{_shown(entry.get('identity', '-'))[-20:]:20} "
+              f"{_shown(entry.get('pid', '-')):>7} {detail}")
     return 0
 
 

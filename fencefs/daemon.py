@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ def serve(
     shared_globs: Sequence[str] = (),
 ) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns exit code."""
+    _raise_fd_limit()
     ops = FenceOperations(backing, durable=durable, scope=scope,
                           max_observations=max_observations, default_policy=policy,
                           lease_ttl=lease_ttl, wait=wait, sweep_after=sweep_after,
@@ -80,6 +82,19 @@ def serve(
         except OSError:
             pass
     return 0 if clean else 1
+
+
+def _raise_fd_limit() -> None:
+    """Every open handle holds a descriptor in the daemon: take all the
+    descriptors the hard limit allows (soft limits are often 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the descriptor limit to %d: %s", hard, e)
 
 
 def _only_cancelled(exc: BaseException) -> bool:

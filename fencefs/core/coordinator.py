@@ -212,9 +212,18 @@ class Coordinator:
     def claims_of(self, identity: str) -> list[Claim]:
         return [c for f in self._files.values() for c in f.claims() if c.identity == identity]
 
+    def _file_of(self, claim: Claim) -> FileState:
+        """The file a claim rests on. A path that was unlinked (or replaced
+        by something that is not a regular file) since the claim was made
+        moved past it: its claims conflict."""
+        file = self._files.get(claim.path)
+        if file is None:
+            raise Conflict(claim.path, rested_version=claim.version, rested_epoch=claim.epoch)
+        return file
+
     def check(self, claim: Claim) -> None:
         """Raise the typed error if ``claim`` could not commit now."""
-        file = self._files[claim.path]
+        file = self._file_of(claim)
         error = decide(file, claim)
         if error is not None:
             raise _refuse(error, file, claim)
@@ -227,7 +236,7 @@ class Coordinator:
         Returns the new version. The committing identity's observation moves
         to the version it created.
         """
-        file = self._files[claim.path]
+        file = self._file_of(claim)
         error = decide(file, claim)
         if error is not None:
             raise _refuse(error, file, claim)

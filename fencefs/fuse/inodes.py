@@ -9,12 +9,14 @@ down by forget.
 
 from __future__ import annotations
 
+import errno
 import itertools
 from dataclasses import dataclass
 
 import pyfuse3
 
 ROOT = pyfuse3.ROOT_INODE
+DETACHED = "\0deleted"  # marks the name of a node whose entry is gone
 
 
 @dataclass(slots=True)
@@ -38,16 +40,32 @@ class InodeTable:
         try:
             return self._by_ino[ino]
         except KeyError:
-            raise pyfuse3.FUSEError(116) from None  # ESTALE: inode forgotten
+            raise pyfuse3.FUSEError(errno.ESTALE) from None  # inode forgotten
 
     def path(self, ino: int) -> str:
-        """The path of ``ino`` relative to the backing root ('' for root)."""
+        """The path of ``ino`` relative to the backing root ('' for root).
+
+        ESTALE for a node that was unlinked or replaced by a rename (or one
+        below such a directory): it has no path any more. The kernel answers
+        ESTALE from a path operation by looking the path up again, so an
+        open() that raced with a rename over its file finds the new one.
+        """
         parts = []
         node = self.node(ino)
         while node.ino != ROOT:
+            if DETACHED in node.name:
+                raise pyfuse3.FUSEError(errno.ESTALE)
             parts.append(node.name)
             node = self._by_ino[node.parent]
         return "/".join(reversed(parts))
+
+    def detached(self, ino: int) -> bool:
+        node = self._by_ino.get(ino)
+        while node is not None and node.ino != ROOT:
+            if DETACHED in node.name:
+                return True
+            node = self._by_ino.get(node.parent)
+        return False
 
     def child_path(self, parent: int, name: str) -> str:
         base = self.path(parent)
@@ -95,7 +113,7 @@ class InodeTable:
         """The entry is gone; a still-known node keeps its number, detached."""
         node = self._by_key.pop((parent, name), None)
         if node is not None:
-            node.name = f"{name}\0deleted{node.ino}"
+            node.name = f"{name}{DETACHED}{node.ino}"
 
     def moved(self, parent: int, name: str, new_parent: int, new_name: str) -> None:
         self.unlinked(new_parent, new_name)

@@ -18,17 +18,20 @@ import errno
 import itertools
 import logging
 import os
+import resource
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pyfuse3
 import trio
 
 from fencefs.core import Busy, Claim, Coordinator, FenceError, FileState, Persisted
 from fencefs.fuse import control
+from fencefs.fuse.access import READ, WRITE, Access
 from fencefs.fuse.boundary import error_boundary
 from fencefs.fuse.identity import (
     Caller,
@@ -37,6 +40,7 @@ from fencefs.fuse.identity import (
     dying_by_signal,
     holds_for_writing,
     signal_pending,
+    tgid_of,
 )
 from fencefs.fuse.inodes import ROOT, InodeTable
 from fencefs.fuse.shared import SharedFiles
@@ -48,10 +52,13 @@ log = logging.getLogger("fencefs.fuse")
 
 # Shown through the mount, read-only; the rest of .fencefs/ is hidden.
 _META_VISIBLE = {"journal.jsonl", "rejected"}
+_META_OPEN_DIRS = {META_DIR, f"{META_DIR}/rejected"}
 # Copies bigger than this run on a worker thread.
 _BIG = 1 << 20
 # Unlinked paths remembered (see unlink).
 _TOMBSTONES = 10_000
+# Descriptors kept free for commits whatever the number of open handles.
+FD_RESERVE = 256
 # The kernel may answer stat() from its cache for this long. Every content
 # change made through the mount invalidates the inode's attributes at once
 # (``_content_changed``); only a write made straight into the backing
@@ -85,6 +92,7 @@ class Handle:
     meta: bool = False
     served: tuple[int, int] | None = None  # (version, epoch) of base_fd
     observed: tuple[int, int] | None = None  # what read() last recorded
+    booked: tuple[int, int] = (0, 0)  # (process, descriptors) booked at open
 
     @property
     def writable(self) -> bool:
@@ -125,6 +133,11 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         self.mount_id: int | None = None
         self.mountpoint: str | None = None
         self.handles: dict[int, Handle] = {}
+        # Open write handles per inode (fh numbers): whose draft a getattr sees.
+        self._writers: dict[int, set[int]] = {}
+        # Descriptors booked by open handles, in all and per process.
+        self._booked = 0
+        self._booked_by: dict[int, int] = {}
         self._fh = itertools.count(1)
         # Open directory handles: the directory's inode and a sorted snapshot.
         self._dirs: dict[int, tuple[int, list[str]]] = {}
@@ -154,8 +167,11 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
             target = str(meta.get("path", "?"))
             identity = str(meta.get("identity", "?"))
             name = self.drafts.put_away(path, target, identity, "abandoned")
+            # A commit journaled with this draft (write-ahead, see _commit)
+            # never happened: the draft names it.
             self.journal.record("abandoned", target, identity=identity,
-                                pid=meta.get("pid"), rejected=name, reason="daemon-restart")
+                                pid=meta.get("pid"), rejected=name, reason="daemon-restart",
+                                draft=os.path.basename(path))
             count += 1
         if count:
             self.journal.sync()
@@ -205,18 +221,25 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         if self._is_meta(rel):
             raise pyfuse3.FUSEError(errno.EROFS)
 
-    def _attrs(self, ino: int, st: os.stat_result) -> pyfuse3.EntryAttributes:
+    def _attrs(self, ino: int, st: os.stat_result, rel: str | None = None
+               ) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         for name in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
                      "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
             setattr(a, name, getattr(st, name))
+        if rel in _META_OPEN_DIRS:
+            # Everyone may look in (read-only): what is inside keeps the modes
+            # of the files it came from, and listings are filtered (opendir).
+            a.st_mode = stat.S_IFDIR | 0o755
         a.st_ino = ino
         a.generation = 0
         a.entry_timeout = _ENTRY_TIMEOUT
-        # A draft's size never sticks in the kernel's cache: a direct write or
-        # an O_TRUNC open makes the kernel drop the size it holds and ask
-        # getattr, which answers with the committed file.
-        a.attr_timeout = _ATTR_TIMEOUT
+        # While a write handle is open the answer depends on who asks (a
+        # writer sees its own draft's size, see getattr): nothing is cached.
+        # Otherwise a draft's size never sticks in the kernel's cache: a
+        # direct write or an O_TRUNC open makes the kernel drop the size it
+        # holds and ask getattr, which answers with the committed file.
+        a.attr_timeout = 0 if ino in self._writers else _ATTR_TIMEOUT
         return a
 
     def _content_changed(self, path: str, ino: int | None = None) -> None:
@@ -319,6 +342,17 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         path = claim.path if claim is not None else (file.path if file else "?")
         self.journal.record(event, path, **info)
 
+    def _access(self, ctx: pyfuse3.RequestContext) -> Access:
+        return Access(ctx.uid, ctx.gid, ctx.pid, self._lstat_any)
+
+    def _lstat_any(self, rel: str) -> os.stat_result:
+        return self.backing.lstat(rel)
+
+    def _room_to_journal(self) -> None:
+        """Refuse (ENOSPC) a commit or reclaim the journal has no room for."""
+        if not self.journal.reserve():
+            raise OSError(errno.ENOSPC, "no room left to journal the change")
+
     async def _sync_journal(self) -> None:
         """Make every journal line written so far durable. Group commit:
         a caller whose lines an fsync already in flight will cover waits for
@@ -344,16 +378,12 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
 
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if name == b".":
-            ino = parent_inode
-            st = self._lstat(self.inodes.path(ino))
+        if name in (b".", b".."):
+            ino = parent_inode if name == b"." else self.inodes.node(parent_inode).parent
+            rel = self.inodes.path(ino)
+            st = self._lstat(rel)
             self.inodes.node(ino).nlookup += 1
-            return self._attrs(ino, st)
-        if name == b"..":
-            ino = self.inodes.node(parent_inode).parent
-            st = self._lstat(self.inodes.path(ino))
-            self.inodes.node(ino).nlookup += 1
-            return self._attrs(ino, st)
+            return self._attrs(ino, st, rel)
         rel = self._child(parent_inode, name)
         if self._is_hidden(rel):
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -361,7 +391,7 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         if stat.S_ISREG(st.st_mode) and not self._is_meta(rel):
             self._file(rel, st)
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
-        return self._attrs(node.ino, st)
+        return self._attrs(node.ino, st, rel)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
@@ -373,11 +403,49 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
+        if self.inodes.detached(inode):
+            # Unlinked or replaced while open: fstat of a descriptor still
+            # open on it works, as on any filesystem.
+            return self._attrs(inode, self._stat_open(inode))
         rel = self.inodes.path(inode)
         st = self._lstat(rel)
         if stat.S_ISREG(st.st_mode) and not self._is_meta(rel):
             self._file(rel, st)
-        return self._attrs(inode, st)
+        attrs = self._attrs(inode, st, rel)
+        size = self._own_draft_size(inode, ctx.pid)
+        if size is not None:
+            attrs.st_size = size
+        return attrs
+
+    def _stat_open(self, inode: int) -> os.stat_result:
+        for handle in self.handles.values():
+            if handle.ino == inode:
+                fd = handle.draft.fd if handle.draft is not None else handle.base_fd
+                if fd is not None:
+                    return os.fstat(fd)
+        raise pyfuse3.FUSEError(errno.ESTALE)
+
+    def _own_draft_size(self, inode: int, tid: int) -> int | None:
+        """The size of the caller's own uncommitted draft of ``inode``, if it
+        has one: a writer's fstat and lseek(SEEK_END) see what it wrote, as on
+        any filesystem; everyone else sees the committed size (G4)."""
+        fhs = self._writers.get(inode)
+        if not fhs:
+            return None
+        mine = [h for h in (self.handles[fh] for fh in fhs)
+                if h.dirty and h.draft is not None and h.error is None]
+        if not mine:
+            return None
+        pid = tgid_of(tid)
+        mine = [h for h in mine if h.caller.pid == pid]
+        if not mine:
+            return None
+        handle = mine[-1]
+        assert handle.draft is not None
+        if handle.claim is not None and handle.claim.append:
+            base = os.fstat(handle.base_fd).st_size if handle.base_fd is not None else 0
+            return base + handle.append_at
+        return os.fstat(handle.draft.fd).st_size
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
@@ -425,9 +493,50 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         rel = self.inodes.path(inode)
         target = os.readlink(self.backing.abs(rel))
-        if not self._stays_inside(rel, target):
+        if not self._stays_inside(rel, target) or not self._resolves_inside(rel, target):
             raise pyfuse3.FUSEError(errno.EPERM)
         return os.fsencode(target)
+
+    def _resolves_inside(self, link_rel: str, target: str) -> bool:
+        """True if ``target``, read from a symlink at ``link_rel`` and
+        followed through the symlinks it passes on the way, stays in BACKING.
+
+        Counting '..' is not enough: a link that climbs back from deep down
+        ('a/b/up' -> '../..') lets a path through it ('a/b/up/../x') climb
+        out while every link, taken alone, stays inside. Checked whenever a
+        link is read, so a link made harmless at creation and turned by a
+        later rename or a later link is refused when followed.
+        """
+        stack = link_rel.split("/")[:-1]
+        return self._walk(stack, target, [0]) is not None
+
+    def _walk(self, stack: list[str], target: str, hops: list[int]) -> list[str] | None:
+        if not target or target.startswith("/"):
+            return None
+        stack = list(stack)
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    return None
+                stack.pop()
+                continue
+            stack.append(part)
+            try:
+                st = os.lstat(self.backing.abs("/".join(stack)))
+            except OSError:
+                continue  # not there (yet): the kernel stops here, or counts on
+            if stat.S_ISLNK(st.st_mode):
+                hops[0] += 1
+                if hops[0] > 40:  # the kernel's own limit (ELOOP)
+                    return None
+                inner = os.readlink(self.backing.abs("/".join(stack)))
+                resolved = self._walk(stack[:-1], inner, hops)
+                if resolved is None:
+                    return None
+                stack = resolved
+        return stack
 
     @staticmethod
     def _stays_inside(link_rel: str, target: str) -> bool:
@@ -478,13 +587,31 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         rel = self._child(parent_inode, name)
         self._refuse_meta(rel)
         text = os.fsdecode(target)
-        if not self._stays_inside(rel, text):
+        if not self._stays_inside(rel, text) or not self._resolves_inside(rel, text):
             raise pyfuse3.FUSEError(errno.EPERM)
         path = self.backing.abs(rel)
         os.symlink(text, path)
         self._own(path, ctx)
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         return self._attrs(node.ino, self._lstat(rel))
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        # Regular files (tar --xattrs makes them so), FIFOs and sockets, as on
+        # the backing filesystem; device nodes have no place in a shared tree.
+        rel = self._child(parent_inode, name)
+        self._refuse_meta(rel)
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        path = self.backing.abs(rel)
+        os.mknod(path, kind | (stat.S_IMODE(mode) & ~ctx.umask))
+        self._own(path, ctx)
+        st = self._lstat(rel)
+        if stat.S_ISREG(st.st_mode):
+            self._file(rel, st)
+        node = self.inodes.remember(parent_inode, os.fsdecode(name))
+        return self._attrs(node.ino, st)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -495,11 +622,20 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         rel = self.inodes.path(inode)
         names = []
+        # Rejected writes are listed only to those who may read them.
+        access = self._access(ctx) if rel == f"{META_DIR}/rejected" else None
         with os.scandir(self.backing.abs(rel)) as it:
             for entry in it:
                 child = f"{rel}/{entry.name}" if rel else entry.name
-                if not self._is_hidden(child):
-                    names.append(entry.name)
+                if self._is_hidden(child):
+                    continue
+                if access is not None:
+                    try:
+                        if not access.may_entry(entry.stat(follow_symlinks=False), READ):
+                            continue
+                    except FileNotFoundError:
+                        continue
+                names.append(entry.name)
         names.sort()
         fh = next(self._fh)
         self._dirs[fh] = (inode, names)
@@ -517,8 +653,9 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
             except FileNotFoundError:
                 continue  # gone since opendir
             node = self.inodes.remember(inode, name)
+            rel = f"{base}/{name}" if base else name
             if not pyfuse3.readdir_reply(token, os.fsencode(name),
-                                         self._attrs(node.ino, st), index + 1):
+                                         self._attrs(node.ino, st, rel), index + 1):
                 self.inodes.forget(node.ino, 1)
                 break
 
@@ -615,16 +752,29 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
                      draft: Draft | None = None, **fields: object) -> int:
         """Check-and-install of a path operation. No await in here (G3).
         A refused ``draft`` is kept under rejected/."""
+        self._room_to_journal()
+
+        def journaled(version: int, epoch: int) -> None:
+            # Journaled ahead of the install (see _commit).
+            self.journal.record("commit", file.path, identity=caller.identity, pid=caller.pid,
+                                op=event, new_version=version, epoch=epoch,
+                                draft=draft.name if draft is not None else None, **fields)
+            try:
+                install(version, epoch)
+            except OSError as e:
+                self.journal.record("failed", file.path, identity=caller.identity,
+                                    pid=caller.pid, op=event, new_version=version,
+                                    errno=errno.errorcode.get(e.errno or 0, str(e.errno)))
+                raise
+
         try:
-            version = self.core.commit_path(file.path, caller.identity, caller.pid, install,
+            version = self.core.commit_path(file.path, caller.identity, caller.pid, journaled,
                                             now=time.monotonic())
         except FenceError as e:
             name = (self.drafts.reject(draft, caller.identity, e.reason)
                     if draft is not None else None)
             self._journal_refusal(e, file.path, caller, event, rejected=name)
             raise
-        self.journal.record("commit", file.path, identity=caller.identity, pid=caller.pid,
-                            op=event, new_version=version, epoch=file.epoch, **fields)
         return version
 
     async def _durable_dir(self, rel_dir: str) -> None:
@@ -641,10 +791,11 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
 
     async def _truncate_draft(self, handle: Handle, size: int) -> None:
         self._check_live(handle)
-        if handle.draft is None:
-            await self._make_draft(handle, copy=size > 0)
-        assert handle.draft is not None
-        os.ftruncate(handle.draft.fd, size)
+        with self._failing_on_io(handle, "truncate"):
+            if handle.draft is None:
+                await self._make_draft(handle, copy=size > 0)
+            assert handle.draft is not None
+            os.ftruncate(handle.draft.fd, size)
         handle.dirty = True
 
     async def _truncate_path(self, rel: str, size: int, ctx: pyfuse3.RequestContext) -> None:
@@ -685,10 +836,13 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         if self._is_meta(rel):
             if writing or flags & os.O_TRUNC:
                 raise pyfuse3.FUSEError(errno.EROFS)
+            pid = tgid_of(ctx.pid)
+            self._room_for_handle(pid, 1)
             fd = os.open(self.backing.abs(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             handle = Handle(next(self._fh), rel, inode, Caller("meta", ctx.pid), ctx.pid,
                             base_fd=fd, meta=True)
             self.handles[handle.fh] = handle
+            self._book(handle, pid, 1)
             return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
         caller = self.ids.resolve(ctx.pid)
         # ---- shared policy: the backing file itself, in place (fuse/shared.py) ----
@@ -696,6 +850,7 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         if shared is not None:
             return shared
         # ---- end shared policy ----
+        self._room_for_handle(caller.pid, 2 if writing else 1)
         truncating = bool(flags & os.O_TRUNC)
         # O_TRUNC|O_APPEND replaces the content: a rewrite, not an append.
         append = bool(flags & os.O_APPEND) and not truncating
@@ -725,9 +880,44 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
                 close_quietly(handle.base_fd)
             raise
         self.handles[handle.fh] = handle
+        self._book(handle, caller.pid, 2 if writing else 1)
+        if writing:
+            self._writers.setdefault(inode, set()).add(handle.fh)
+            self._content_changed(rel, inode)  # attributes cached before may not serve it
         # direct_io: no page cache, so a draft's bytes never reach other readers
         # and every reader gets the committed version its handle opened.
         return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
+
+    def _room_for_handle(self, pid: int, units: int) -> None:
+        """ENFILE when a new handle of process ``pid`` needing ``units``
+        descriptors does not fit. A read handle holds one descriptor, a write
+        handle up to two (its committed content and its draft). FD_RESERVE
+        stay free for commits (drafts of path commits and appends, directory
+        syncs), and one process may book at most half of the rest, so a
+        client hoarding handles gets ENFILE while others can still open and
+        commit. Without this, a hoarder made everyone's commits fail half-way
+        with EMFILE."""
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if limit == resource.RLIM_INFINITY:
+            return
+        budget = limit - FD_RESERVE
+        if (self._booked + units > budget
+                or self._booked_by.get(pid, 0) + units > budget // 2):
+            raise pyfuse3.FUSEError(errno.ENFILE)
+
+    def _book(self, handle: Handle, pid: int, units: int) -> None:
+        handle.booked = (pid, units)
+        self._booked += units
+        self._booked_by[pid] = self._booked_by.get(pid, 0) + units
+
+    def _unbook(self, handle: Handle) -> None:
+        pid, units = handle.booked
+        self._booked -= units
+        left = self._booked_by.get(pid, 0) - units
+        if left > 0:
+            self._booked_by[pid] = left
+        else:
+            self._booked_by.pop(pid, None)
 
     async def _acquire(self, inode: int, caller: Caller, tid: int, *, rewrite: bool,
                        append: bool) -> tuple[Claim, str, FileState]:
@@ -780,6 +970,8 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         rel = self._child(parent_inode, name)
         self._refuse_meta(rel)
+        caller = self.ids.resolve(ctx.pid)
+        self._room_for_handle(caller.pid, 2)
         path = self.backing.abs(rel)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      stat.S_IMODE(mode) & ~ctx.umask)
@@ -787,7 +979,6 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         self._own(path, ctx)
         st = self._lstat(rel)
         file = self._file(rel, st)
-        caller = self.ids.resolve(ctx.pid)
         if self._in_place(file):  # shared policy (fuse/shared.py): a glob's file
             node = self.inodes.remember(parent_inode, os.fsdecode(name))
             return self._open_shared(node.ino, rel, file, flags, caller), self._attrs(node.ino, st)
@@ -801,6 +992,8 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         handle.ino = node.ino
         self.handles[handle.fh] = handle
+        self._book(handle, caller.pid, 2)
+        self._writers.setdefault(node.ino, set()).add(handle.fh)
         info = pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
         return info, self._attrs(node.ino, st)
 
@@ -812,11 +1005,29 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
             raise pyfuse3.FUSEError(handle.error)
         if handle.draft is not None and not (handle.claim and handle.claim.append):
             return os.pread(handle.draft.fd, size, off)
+        if handle.draft is not None:
+            return self._read_appending(handle, off, size)
         if handle.base_fd is None:
             return b""
         data = os.pread(handle.base_fd, size, off)
         if handle.served != handle.observed and not handle.meta and not handle.dirty:
             self._observe(handle)
+        return data
+
+    @staticmethod
+    def _read_appending(handle: Handle, off: int, size: int) -> bytes:
+        """An appending handle reads its own appends after the content it
+        opened (where they would land if it committed now)."""
+        assert handle.draft is not None
+        base = os.fstat(handle.base_fd).st_size if handle.base_fd is not None else 0
+        data = b""
+        if off < base:
+            assert handle.base_fd is not None
+            data = os.pread(handle.base_fd, min(size, base - off), off)
+            if off + len(data) < base:
+                return data
+        if len(data) < size:
+            data += os.pread(handle.draft.fd, size - len(data), max(off - base, 0))
         return data
 
     def _observe(self, handle: Handle) -> None:
@@ -872,12 +1083,14 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         if (shared := self._shared.get(fh)) is not None:  # shared policy
             return self._write_shared(shared, off, buf)
         handle = self.handles[fh]
-        if handle.draft is None and handle.error is None and handle.claim is not None:
-            await self._make_draft(handle, copy=True)
+        with self._failing_on_io(handle, "write"):
+            if handle.draft is None and handle.error is None and handle.claim is not None:
+                await self._make_draft(handle, copy=True)
         # Checked after the draft exists (its copy may have awaited), so a
         # refusal keeps what the handle wrote, this write included.
         self._check_live(handle, refused_write=(off, buf))
-        written = self._write_draft(handle, off, buf)
+        with self._failing_on_io(handle, "write"):
+            written = self._write_draft(handle, off, buf)
         handle.dirty = True
         assert handle.claim is not None
         self.core.renew(handle.claim, time.monotonic())
@@ -962,7 +1175,8 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         async with self._commit_turn(handle.path):
             self._check_live(handle, "commit")
             if handle.draft is None:
-                await self._make_draft(handle, copy=False)
+                with self._failing_on_io(handle, "commit"):
+                    await self._make_draft(handle, copy=False)
                 self._check_live(handle, "commit")
             if handle.claim.append:
                 await self._commit_append(handle)
@@ -991,23 +1205,33 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         predicted = Persisted(claim.version + 1, claim.epoch, file.policy)
         # Slow part first, off the event loop: the draft gets the state it
         # will commit as, and reaches the disk.
-        if self.durable:
-            await trio.to_thread.run_sync(
-                lambda: self.drafts.prepare(draft, predicted, durable=True))
-        else:  # no fsync: cheaper here than a trip to a worker thread
-            self.drafts.prepare(draft, predicted, durable=False)
+        with self._failing_on_io(handle, "commit"):
+            if self.durable:
+                await trio.to_thread.run_sync(
+                    lambda: self.drafts.prepare(draft, predicted, durable=True))
+            else:  # no fsync: cheaper here than a trip to a worker thread
+                self.drafts.prepare(draft, predicted, durable=False)
+            self._room_to_journal()
 
         # ---- atomic: from the check to the rename, no await (G3) ----
+        before = (claim.version, claim.epoch)
+
         def install(version: int, epoch: int) -> None:
             if (version, epoch, file.policy) != (predicted.version, predicted.epoch,
                                                  predicted.policy):
                 self.drafts.prepare(draft, Persisted(version, epoch, file.policy),
                                     durable=self.durable)
+            # The record goes to the journal ahead of the rename: a daemon
+            # killed in between leaves a journaled commit whose draft the
+            # next mount puts away as abandoned, with the same version (never
+            # a content in place that the journal does not account for).
+            self.journal.record("commit", handle.path, identity=claim.identity, pid=claim.pid,
+                                version=before[0], epoch=before[1], new_version=version,
+                                draft=draft.name)
             self.drafts.install(draft)
-
-        before = (claim.version, claim.epoch)
         try:
-            version = self.core.commit(claim, install)
+            with self._failing_on_io(handle, "commit"):
+                version = self.core.commit(claim, install)
         except FenceError as e:
             self._reject(handle, e, op="commit")
             raise
@@ -1019,8 +1243,6 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
             close_quietly(handle.base_fd)
         handle.base_fd, handle.draft, handle.dirty = draft.fd, None, False
         handle.served = (version, file.epoch)
-        self.journal.record("commit", handle.path, identity=claim.identity, pid=claim.pid,
-                            version=before[0], epoch=before[1], new_version=version)
 
     async def _commit_append(self, handle: Handle) -> None:
         """Append: the draft's bytes go after whatever content is current.
@@ -1037,32 +1259,46 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         rel = handle.path
         for attempt in range(4):
             file = self.core.get(rel)
+            if file is None:  # unlinked meanwhile: the claim conflicts
+                self._check_live(handle, "append")
             assert file is not None
             seen = file.version
             persisted = Persisted(seen + 1, claim.epoch, file.policy)
-            if attempt < 3 and (self.durable or file_size(self.backing.abs(rel)) > _BIG):
-                combined = await trio.to_thread.run_sync(
-                    self._build_append, rel, appended, handle.caller, persisted)
-            # ---- atomic: from here to the rename, no await (G3) ----
-            else:
-                combined = self._build_append(rel, appended, handle.caller, persisted)
+            with self._failing_on_io(handle, "append"):
+                if attempt < 3 and (self.durable or file_size(self.backing.abs(rel)) > _BIG):
+                    combined = await trio.to_thread.run_sync(
+                        self._build_append, rel, appended, handle.caller, persisted)
+                # ---- atomic: from here to the rename, no await (G3) ----
+                else:
+                    combined = self._build_append(rel, appended, handle.caller, persisted)
             if file.version != seen or self.core.get(rel) is not file:
                 self.drafts.discard(combined)  # someone committed meanwhile: rebuild
                 continue
             try:
-                version = self.core.commit(claim, lambda v, e: self.drafts.install(combined))
+                self._room_to_journal()
+                def install(version: int, epoch: int) -> None:
+                    self.journal.record("commit", rel, identity=claim.identity, pid=claim.pid,
+                                        version=seen, epoch=epoch, new_version=version,
+                                        op="append", size=handle.append_at,
+                                        draft=combined.name)
+                    self.drafts.install(combined)
+
+                version = self.core.commit(claim, install)
             except FenceError as e:
                 self.drafts.discard(combined)
                 self._reject(handle, e, op="append")
                 raise
+            except OSError as e:
+                self.drafts.discard(combined)
+                self._fail(handle, e, "append")
             self._fingerprints[rel] = Fingerprint.of(os.fstat(combined.fd))
             self._content_changed(rel, handle.ino)
             # ---- end of the atomic step ----
-            close_quietly(combined.fd)
+            # The handle now reads the content it installed, appends included.
+            if handle.base_fd is not None:
+                close_quietly(handle.base_fd)
+            handle.base_fd, handle.served = combined.fd, (version, claim.epoch)
             self.drafts.discard(appended)
-            self.journal.record("commit", rel, identity=claim.identity, pid=claim.pid,
-                                version=seen, epoch=claim.epoch, new_version=version,
-                                op="append", size=handle.append_at)
             handle.draft, handle.dirty, handle.append_at = None, False, 0
             return
         raise AssertionError("an inline append build cannot lose a race")
@@ -1074,16 +1310,43 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
             combined = self.drafts.create(rel, caller.identity, caller.pid, src)
         finally:
             os.close(src)
-        end = os.fstat(combined.fd).st_size
-        offset = 0
-        while True:
-            chunk = os.pread(appended.fd, 1 << 20, offset)
-            if not chunk:
-                break
-            os.pwrite(combined.fd, chunk, end + offset)
-            offset += len(chunk)
-        self.drafts.prepare(combined, persisted, durable=self.durable)
+        try:
+            end = os.fstat(combined.fd).st_size
+            offset = 0
+            while True:
+                chunk = os.pread(appended.fd, 1 << 20, offset)
+                if not chunk:
+                    break
+                os.pwrite(combined.fd, chunk, end + offset)
+                offset += len(chunk)
+            self.drafts.prepare(combined, persisted, durable=self.durable)
+        except BaseException:
+            self.drafts.discard(combined)  # never leave a half-built draft behind
+            raise
         return combined
+
+    @contextlib.contextmanager
+    def _failing_on_io(self, handle: Handle, op: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            self._fail(handle, e, op)
+
+    def _fail(self, handle: Handle, exc: OSError, op: str) -> NoReturn:
+        """An I/O error on a handle's draft (a full disk, a backing store
+        gone read-only or failing) ends the handle: the draft no longer holds
+        what the program wrote, so it must never commit. Every later write,
+        fsync and close repeats the errno. The draft is discarded, not kept:
+        on a full disk, keeping it would keep the disk full."""
+        code = exc.errno or errno.EIO
+        handle.error, handle.dirty = code, False
+        if handle.draft is not None:
+            self.drafts.discard(handle.draft)
+            handle.draft = None
+        log.warning("%s of %s failed: %s", op, handle.path, exc)
+        self._journal("failed", handle.claim, self.core.get(handle.path), op=op,
+                      errno=errno.errorcode.get(code, str(code)))
+        raise pyfuse3.FUSEError(code) from None
 
     def _reject(self, handle: Handle, error: FenceError | None, *, op: str,
                 reason: str | None = None, **fields: object) -> None:
@@ -1108,6 +1371,12 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
+        self._unbook(handle)
+        writers = self._writers.get(handle.ino)
+        if writers is not None:
+            writers.discard(fh)
+            if not writers:
+                del self._writers[handle.ino]
         if handle.dirty and handle.error is None and handle.claim is not None:
             # Left dirty by a deferred flush (see flush): commit now. Errors
             # cannot reach the caller from release: a refusal is journaled
@@ -1137,11 +1406,14 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         text = os.fsdecode(name)
         if inode == ROOT and text == control.STATUS:
-            return control.status_of(self.core.files(), time.monotonic(),
-                                     self.core.policy_of)
+            # Only files the caller could read: the status names files and
+            # who holds them, in directories the caller may not enter.
+            access = self._access(ctx)
+            files = [f for f in self.core.files() if access.may(f.path, READ)]
+            return control.status_of(files, time.monotonic(), self.core.policy_of)
         if not control.is_control(text):  # e.g. security.capability, asked at every write
-            path = self.backing.abs(self.inodes.path(inode))
-            return os.getxattr(path, name, follow_symlinks=False)
+            return os.getxattr(self.backing.abs(self.inodes.path(inode)), name,
+                              follow_symlinks=False)
         _, file = self._regular_state(inode)
         if file is None or text not in control.READABLE:
             raise pyfuse3.FUSEError(errno.ENODATA)
@@ -1168,7 +1440,7 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
             return
         caller = self.ids.resolve(ctx.pid)
         if inode == ROOT and text in (control.RECLAIM_EXPIRED, control.RECLAIM_AGENT):
-            await self._reclaim_many(text, value, caller)
+            await self._reclaim_many(text, value, caller, self._access(ctx))
             return
         if file is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -1188,9 +1460,11 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         else:
             raise pyfuse3.FUSEError(errno.EINVAL)
 
-    async def _reclaim_many(self, name: str, value: bytes, caller: Caller) -> None:
+    async def _reclaim_many(self, name: str, value: bytes, caller: Caller,
+                            access: Access) -> None:
         """Root-level control: reclaim every file whose write claim expired,
-        or every file on which one identity holds a claim."""
+        or every file on which one identity holds a claim; of those, only
+        the files the caller could write (as setxattr on the file requires)."""
         now = time.monotonic()
         if name == control.RECLAIM_EXPIRED:
             control.parse_one(value, name)
@@ -1200,7 +1474,7 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
             wanted = control.parse_identity(value)
             paths = {c.path for c in self.core.claims_of(wanted)}
             reason = f"identity={wanted}"
-        for path in sorted(paths):
+        for path in sorted(p for p in paths if access.may(p, WRITE)):
             file = self.core.get(path)
             if file is not None:
                 await self._reclaim(file, caller, reason=reason)
@@ -1233,6 +1507,7 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
     async def _reclaim(self, file: FileState, caller: Caller, *, reason: str) -> int:
         """Reclaim: the new epoch is on disk before anyone can observe it."""
         before = file.epoch
+        self._room_to_journal()
         epoch = self.core.reclaim(file.path, self._epoch_persister(file))
         self.journal.record("reclaim", file.path, identity=caller.identity, pid=caller.pid,
                             version=file.version, epoch=before, new_epoch=epoch,

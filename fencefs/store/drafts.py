@@ -15,12 +15,15 @@ import fcntl
 import hashlib
 import itertools
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 
 from fencefs.core.model import Persisted
 from fencefs.store.backing import STATE_XATTR, Backing, Fingerprint, encode_state
+
+log = logging.getLogger("fencefs.store")
 
 DRAFT_XATTR = "user.fencefs.draft"
 FICLONE = 0x40049409
@@ -32,6 +35,11 @@ class Draft:
     path: str
     fd: int
     target: str
+
+    @property
+    def name(self) -> str:
+        """Its file name in drafts/: journaled with the commit it is for."""
+        return os.path.basename(self.path)
 
 
 class Drafts:
@@ -81,11 +89,16 @@ class Drafts:
         os.rename(draft.path, self.backing.abs(draft.target))
 
     def discard(self, draft: Draft) -> None:
+        """Close and delete a draft. A draft that cannot be deleted (a store
+        gone read-only or failing) stays behind and is put away as abandoned
+        at the next mount."""
         close_quietly(draft.fd)
         try:
             os.unlink(draft.path)
         except FileNotFoundError:
             pass
+        except OSError as e:
+            log.warning("could not delete draft %s: %s", draft.path, e)
 
     # -- rejected writes ---------------------------------------------------
 
@@ -94,7 +107,7 @@ class Drafts:
         name = rejected_name(draft.target, identity, reason)
         dest = os.path.join(self.rejected_dir, name)
         try:
-            _copy_mode(self.backing.abs(draft.target), draft.fd)
+            _copy_access(self.backing.abs(draft.target), draft.fd)
             os.removexattr(draft.fd, DRAFT_XATTR)
         except OSError:
             pass
@@ -116,6 +129,14 @@ class Drafts:
 
     def put_away(self, path: str, target: str, identity: str, reason: str) -> str:
         name = rejected_name(target, identity, reason)
+        try:  # readable by those who may read the file it was meant for
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                _copy_access(self.backing.abs(target), fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # the file is gone: the draft stays private (0600, the daemon's)
         os.rename(path, os.path.join(self.rejected_dir, name))
         return name
 
@@ -144,21 +165,50 @@ def _safe(text: str) -> str:
 
 
 def copy_content(src_fd: int, dst_fd: int) -> None:
-    """Copy a whole file: reflink where the filesystem can, else in-kernel."""
+    """Copy a whole file: reflink where the filesystem can, else in-kernel.
+
+    Only the data extents are copied (SEEK_DATA/SEEK_HOLE): a sparse file's
+    holes stay holes in the draft instead of becoming zeros on disk.
+    """
     try:
         fcntl.ioctl(dst_fd, FICLONE, src_fd)
         return
     except OSError:
         pass
     size = os.fstat(src_fd).st_size
+    for start, end in _data_extents(src_fd, size):
+        _copy_range(src_fd, dst_fd, start, end)
+    os.ftruncate(dst_fd, size)  # a trailing hole
+
+
+def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    extents = []
     offset = 0
     while offset < size:
         try:
-            n = os.copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # nothing but a hole from here on
+                break
+            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # no hole support
+                return [(0, size)]
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if end <= start:
+            break
+        extents.append((start, end))
+        offset = end
+    return extents
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, end: int) -> None:
+    while offset < end:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, end - offset, offset, offset)
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL):
                 raise
-            n = _copy_fallback(src_fd, dst_fd, offset, size - offset)
+            n = _copy_fallback(src_fd, dst_fd, offset, end - offset)
         if n == 0:
             break
         offset += n
@@ -170,8 +220,12 @@ def _copy_fallback(src: int, dst: int, offset: int, count: int) -> int:
     return len(data)
 
 
-def _copy_mode(target_abs: str, fd: int) -> None:
+def _copy_access(target_abs: str, fd: int) -> None:
+    """A rejected write keeps the owner and mode of the file it was meant
+    for: whoever could not read that file cannot read its rejected writes."""
     st = os.lstat(target_abs)
+    if os.geteuid() == 0:
+        os.fchown(fd, st.st_uid, st.st_gid)
     os.fchmod(fd, st.st_mode & 0o7777)
 
 
