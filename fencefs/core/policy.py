@@ -26,6 +26,9 @@ DEFAULT_SHARED_GLOBS: tuple[str, ...] = tuple(
 )
 
 
+_REMEMBERED = 65_536
+
+
 def glob_matches(pattern: str, path: str) -> bool:
     """A pattern without '/' matches the file's name in any directory; one
     with '/' matches the whole path from the mount's root (``*`` then also
@@ -41,12 +44,23 @@ class PolicyRules:
     def __init__(self, default: str, shared_globs: Iterable[str] = ()) -> None:
         self.default = default
         self.shared_globs = tuple(shared_globs)
+        # Asked at every open: the answer for a path never changes (the
+        # globs are fixed at mount), so it is remembered, for a bounded
+        # number of paths.
+        self._answers: dict[str, str] = {}
 
     def by_path(self, path: str) -> str:
         """The policy a file at ``path`` gets when it has none of its own."""
-        if any(glob_matches(p, path) for p in self.shared_globs):
-            return SHARED
-        return self.default
+        answer = self._answers.get(path)
+        if answer is None:
+            if any(glob_matches(p, path) for p in self.shared_globs):
+                answer = SHARED
+            else:
+                answer = self.default
+            if len(self._answers) >= _REMEMBERED:
+                self._answers.clear()
+            self._answers[path] = answer
+        return answer
 
     def effective(self, path: str, own: str | None) -> str:
         return own or self.by_path(path)

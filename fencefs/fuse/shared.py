@@ -129,6 +129,9 @@ class SharedFiles:
     def _shared_open_or_none(self, inode: int, rel: str, flags: int,
                              caller: Caller) -> pyfuse3.FileInfo | None:
         """``open`` of a regular file whose policy is shared, else None."""
+        warm = self.core.get(rel)
+        if warm is not None and not self._in_place(warm):
+            return None  # the common case, asked at every open: no syscall
         try:
             st = self.backing.lstat(rel)
         except FileNotFoundError:
