@@ -154,7 +154,6 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         self._warm_files = max(1, warm_files)
         # Per path: the turn to prepare and install a commit (see _commit).
         self._turns: dict[str, trio.Lock] = {}
-        self._fd_limit: int | None = None  # RLIMIT_NOFILE (see _room_for_handle)
         # The journal fsync in flight, if any (see _sync_journal).
         self._journal_syncing: trio.Event | None = None
         self._init_shared()  # handles of shared-policy files (fuse/shared.py)
@@ -898,9 +897,7 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         client hoarding handles gets ENFILE while others can still open and
         commit. Without this, a hoarder made everyone's commits fail half-way
         with EMFILE."""
-        if self._fd_limit is None:  # read once: the daemon sets it before serving
-            self._fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        limit = self._fd_limit
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # can change (prlimit)
         if limit == resource.RLIM_INFINITY:
             return
         budget = limit - FD_RESERVE
