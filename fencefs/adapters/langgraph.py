@@ -67,32 +67,27 @@ _MAX_READS = 4096  # per context; the oldest are dropped first (their puts are t
 SUFFIX = ".json"
 
 
-class FenceItem(Item):
+class _Versioned:
+    """What both item kinds add: the ``version`` and ``epoch`` of the file."""
+
+    version: int
+    epoch: int
+
+    def __init__(self, *, version: int, epoch: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.version = version
+        self.epoch = epoch
+
+    def dict(self) -> dict[str, Any]:
+        return {**super().dict(), "version": self.version, "epoch": self.epoch}  # type: ignore[misc]
+
+
+class FenceItem(_Versioned, Item):
     """An ``Item`` with the ``version`` and ``epoch`` of the file it was read from."""
 
-    __slots__ = ("version", "epoch")
 
-    def __init__(self, *, version: int, epoch: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.version = version
-        self.epoch = epoch
-
-    def dict(self) -> dict[str, Any]:
-        return {**super().dict(), "version": self.version, "epoch": self.epoch}
-
-
-class FenceSearchItem(SearchItem):
+class FenceSearchItem(_Versioned, SearchItem):
     """A ``SearchItem`` with ``version`` and ``epoch``; ``score`` is always None."""
-
-    __slots__ = ("version", "epoch")
-
-    def __init__(self, *, version: int, epoch: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.version = version
-        self.epoch = epoch
-
-    def dict(self) -> dict[str, Any]:
-        return {**super().dict(), "version": self.version, "epoch": self.epoch}
 
 
 class FenceStore(BaseStore):
