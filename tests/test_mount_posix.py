@@ -208,3 +208,42 @@ def test_mount_is_private_to_the_mounting_user(mount: Mount) -> None:
     out = subprocess.run([sys.executable, "-c", code, mount.path("secret.txt")],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == str(errno.EACCES)  # no allow_other: other users get EACCES
+
+
+def test_stat_sees_a_commit_at_once(mount: Mount) -> None:
+    """The kernel caches attributes (attr_timeout), and every commit through
+    the mount drops them: no stat() after a commit returned shows the old
+    size, by the same process or another."""
+    path = mount.seed("plan.md", "v1\n")
+    for i in range(2, 30):
+        assert os.stat(path).st_size == len(f"v{i - 1}\n" * (i - 1))  # cached now
+        other = subprocess.run([sys.executable, "-c",
+                                "import sys; open(sys.argv[1], 'w').write(sys.argv[2])",
+                                path, f"v{i}\n" * i], capture_output=True, text=True)
+        assert other.returncode == 0, other.stderr
+        assert os.stat(path).st_size == len(f"v{i}\n" * i)
+
+
+def test_a_writers_draft_size_is_its_own(mount: Mount) -> None:
+    """A writer's fstat shows what it wrote; nobody else sees that size,
+    not even from the kernel's attribute cache (G4)."""
+    path = mount.seed("plan.md", "committed\n")
+    with open(path, "r+b", buffering=0) as f:
+        f.write(b"x" * 100)
+        assert os.fstat(f.fileno()).st_size == 100
+        other = subprocess.run([sys.executable, "-c",
+                                "import os, sys; print(os.stat(sys.argv[1]).st_size)", path],
+                               capture_output=True, text=True, check=True)
+        assert int(other.stdout) == len("committed\n")
+    assert os.stat(path).st_size == 100  # committed at close
+
+
+def test_stat_sees_a_foreign_write_once_an_open_noticed_it(mount: Mount) -> None:
+    """A write straight into the backing directory is noticed when the file is
+    next opened through the mount; from then on stat() shows it, although
+    the kernel had the old attributes cached."""
+    path = mount.seed("notes.md", "short\n")
+    assert os.stat(path).st_size == 6  # cached
+    (mount.backing / "notes.md").write_text("a much longer foreign content\n")
+    os.close(os.open(path, os.O_RDONLY))  # an open, no read (a read refreshes anyway)
+    assert os.stat(path).st_size == len("a much longer foreign content\n")
