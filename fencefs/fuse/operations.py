@@ -366,10 +366,8 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
                 await running.wait()
                 continue
             running = self._journal_syncing = trio.Event()
-            upto = self.journal.written
             try:
-                await trio.to_thread.run_sync(self.journal.sync)
-                self.journal.synced = max(self.journal.synced, upto)
+                await trio.to_thread.run_sync(self.journal.sync)  # advances .synced
             finally:
                 self._journal_syncing = None
                 running.set()
@@ -436,7 +434,7 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
                 if h.dirty and h.draft is not None and h.error is None]
         if not mine:
             return None
-        pid = tgid_of(tid)
+        pid = self.ids.resolve(tid).pid  # cached per thread: getattr is frequent
         mine = [h for h in mine if h.caller.pid == pid]
         if not mine:
             return None
@@ -883,7 +881,6 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         self._book(handle, caller.pid, 2 if writing else 1)
         if writing:
             self._writers.setdefault(inode, set()).add(handle.fh)
-            self._content_changed(rel, inode)  # attributes cached before may not serve it
         # direct_io: no page cache, so a draft's bytes never reach other readers
         # and every reader gets the committed version its handle opened.
         return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
@@ -1144,9 +1141,8 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
                                  self.mountpoint)
         # The opener's other write handles on this file account for some of
         # its descriptors; only a surplus can be a copy of this handle.
-        others = sum(1 for h in self.handles.values()
-                     if h is not handle and h.writable and h.ino == handle.ino
-                     and h.caller.pid == handle.caller.pid)
+        others = sum(1 for fh in self._writers.get(handle.ino, ())
+                     if fh != handle.fh and self.handles[fh].caller.pid == handle.caller.pid)
         return held > others
 
     async def fsync(self, fh: int, datasync: bool) -> None:

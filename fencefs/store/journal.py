@@ -44,6 +44,8 @@ class Journal:
         self.written = 0  # lines appended by this process
         self.synced = 0  # of those, how many an fsync has covered
         self.lost = 0  # lines that could not be written
+        # Only this process appends: the end is counted, not asked of the disk.
+        self._end = os.fstat(self._fd).st_size
         self._room_until: int | None = 0  # None: the filesystem cannot preallocate
         self.reserve()
 
@@ -56,7 +58,7 @@ class Journal:
         entry.update({k: v for k, v in fields.items() if v is not None})
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n"
         try:
-            os.write(self._fd, line.encode())
+            self._end += os.write(self._fd, line.encode())
             self.written += 1
         except OSError as e:
             self.lost += 1
@@ -68,10 +70,7 @@ class Journal:
         too little room left and no more can be allocated (a full disk)."""
         if self._room_until is None:
             return True
-        try:
-            size = os.fstat(self._fd).st_size
-        except OSError:
-            return False
+        size = self._end
         if self._room_until - size >= RESERVE // 2:
             return True
         try:
