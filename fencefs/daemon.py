@@ -64,7 +64,6 @@ def serve(
     pyfuse3.init(ops, mountpoint, mount_options(ops.backing.root, allow_other=allow_other,
                                                 debug=debug))
     ops.mount_id = mount_id_of(mountpoint)
-    ops.mountpoint = mountpoint
     with open(pid_file(ops.backing.root), "w") as f:
         f.write(f"{os.getpid()}\n{os.path.abspath(mountpoint)}\n")
     clean = False

@@ -154,33 +154,27 @@ def alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
-def holds_for_writing(pid: int, mount_id: int, ino: int, mountpoint: str | None = None) -> int:
+def holds_for_writing(pid: int, mount_id: int, ino: int) -> int:
     """How many descriptors process ``pid`` still has open for writing on the
     FUSE inode ``ino`` of mount ``mount_id``.
 
     A FLUSH arrives for every close of every descriptor: a dup, a forked
     child closing what it inherited (subprocess does so before exec). Only
-    the opener's last close should commit. Reads /proc/PID/fd and fdinfo,
-    which never call back into the filesystem. With ``mountpoint``, only the
-    descriptors whose path lies under it have their fdinfo read.
+    the opener's last close should commit. Reads /proc/PID/fdinfo, which
+    never calls back into the filesystem. (Every descriptor's fdinfo is
+    read: the path a descriptor shows depends on the caller's mount
+    namespace, so it cannot tell which ones are on this mount.)
     """
-    base = f"/proc/{pid}"
+    base = f"/proc/{pid}/fdinfo"
     try:
-        fds = os.listdir(f"{base}/fd")
+        fds = os.listdir(base)
     except OSError:
         return 0
-    prefix = mountpoint.rstrip("/") + "/" if mountpoint else None
     count = 0
     want_mnt = f"mnt_id:\t{mount_id}".encode()
     want_ino = f"ino:\t{ino}".encode()
     for fd in fds:
-        if prefix is not None:
-            try:
-                if not os.readlink(f"{base}/fd/{fd}").startswith(prefix):
-                    continue
-            except OSError:
-                continue
-        info = _read(f"{base}/fdinfo/{fd}")
+        info = _read(f"{base}/{fd}")
         if not info or want_mnt not in info:
             continue
         lines = info.splitlines()

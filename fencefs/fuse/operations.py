@@ -131,7 +131,6 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         self.durable = durable
         # Set once mounted: lets flush tell the opener's last close from others.
         self.mount_id: int | None = None
-        self.mountpoint: str | None = None
         self.handles: dict[int, Handle] = {}
         # Open write handles per inode (fh numbers): whose draft a getattr sees.
         self._writers: dict[int, set[int]] = {}
@@ -1137,8 +1136,7 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
     def _opener_still_holds(self, handle: Handle) -> bool:
         if self.mount_id is None:
             return False
-        held = holds_for_writing(handle.caller.pid, self.mount_id, handle.ino,
-                                 self.mountpoint)
+        held = holds_for_writing(handle.caller.pid, self.mount_id, handle.ino)
         # The opener's other write handles on this file account for some of
         # its descriptors; only a surplus can be a copy of this handle.
         others = sum(1 for fh in self._writers.get(handle.ino, ())
