@@ -103,7 +103,9 @@ class InodeTable:
         if node.nlookup > 0:
             return None
         attached = self._by_key.get((node.parent, node.name)) is node
-        path = self.path(ino) if attached and node.parent in self._by_ino else None
+        path = None
+        if attached and node.parent in self._by_ino and not self.detached(ino):
+            path = self.path(ino)  # (a detached directory above would raise ESTALE)
         del self._by_ino[ino]
         if attached:
             del self._by_key[(node.parent, node.name)]

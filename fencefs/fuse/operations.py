@@ -293,7 +293,7 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         if len(warm) > self._warm_files:
             coldest, _ = warm.popitem(last=False)
             file = self.core.get(coldest)
-            if file is not None and self._open_on(file):
+            if file is not None and any(h.file is file for h in self._shared.values()):
                 return  # a shared handle holds this very state object
             if self.core.forget(coldest):
                 self._fingerprints.pop(coldest, None)
