@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pyfuse3
 import trio
@@ -775,14 +775,18 @@ class FenceOperations(SharedFiles, pyfuse3.Operations):
         return version
 
     async def _durable_dir(self, rel_dir: str) -> None:
-        """The directory entry and the journal line of a commit reach the
-        disk, the two fsyncs running at once (one filesystem commit can
-        carry both)."""
+        """The directory entry and the journal line of a commit reach the disk."""
+        await self._durable(self.backing.sync_dir, rel_dir)
+
+    async def _durable(self, sync: Callable[[Any], None], what: Any) -> None:
+        """``sync(what)`` on a worker thread and the journal's group commit,
+        at once (one filesystem commit can carry both); nothing under
+        --durability none."""
         if not self.durable:
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sync_journal)
-            await trio.to_thread.run_sync(self.backing.sync_dir, rel_dir)
+            await trio.to_thread.run_sync(sync, what)
 
     # -- truncate --------------------------------------------------------------
 

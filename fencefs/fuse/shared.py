@@ -33,12 +33,11 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyfuse3
-import trio
 
 from fencefs.core import Coordinator, FileState, Persisted
 from fencefs.core.model import SHARED
@@ -84,6 +83,7 @@ class SharedFiles:
     _persist_state: Callable[..., None]
     _file: Callable[[str, os.stat_result], FileState]
     _commit_path: Callable[..., int]
+    _durable: Callable[..., Awaitable[None]]
 
     def _init_shared(self) -> None:
         self._shared: dict[int, SharedHandle] = {}
@@ -177,17 +177,15 @@ class SharedFiles:
         # A truncate by path is a commit of its own (unfenced: commit_path
         # applies no guard to a shared file).
         self._commit_path(file, caller, install, "truncate", size=size, policy=SHARED)
-        if self.durable:
-            await trio.to_thread.run_sync(self._sync_path_and_journal, rel)
+        await self._durable(self._fsync_path, rel)
         return True
 
-    def _sync_path_and_journal(self, rel: str) -> None:
+    def _fsync_path(self, rel: str) -> None:
         fd = os.open(self.backing.abs(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.journal.sync()
 
     # -- commits: fsync, close ---------------------------------------------
 
@@ -218,12 +216,7 @@ class SharedFiles:
         return version
 
     async def _sync_shared(self, handle: SharedHandle) -> None:
-        if self.durable:
-            await trio.to_thread.run_sync(self._fsync_and_journal, handle.fd)
-
-    def _fsync_and_journal(self, fd: int) -> None:
-        os.fsync(fd)
-        self.journal.sync()
+        await self._durable(os.fsync, handle.fd)
 
     async def _flush_shared(self, handle: SharedHandle) -> None:
         """close(): a write handle's close commits the file's in-place writes."""
