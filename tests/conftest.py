@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every daemon a test starts asserts that its check-and-install sections reach
+# no checkpoint (G3, fencefs/engine/atomic.py).
+os.environ["FENCEFS_CHECK_ATOMIC"] = "1"
 
 
 def fuse_unavailable() -> str | None:

@@ -5,9 +5,9 @@
 
 from fencefs.core.coordinator import Coordinator, decide
 from fencefs.core.errors import BadValue, Busy, Conflict, Fenced, FenceError
-from fencefs.core.model import Claim, FileState, Kind, Persisted
+from fencefs.core.model import Caller, Claim, FileState, Kind, Persisted
 
 __all__ = [
-    "BadValue", "Busy", "Claim", "Conflict", "Coordinator", "FenceError", "Fenced",
+    "BadValue", "Busy", "Caller", "Claim", "Conflict", "Coordinator", "FenceError", "Fenced",
     "FileState", "Kind", "Persisted", "decide",
 ]

@@ -56,6 +56,14 @@ class FileState:
 
 
 @dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made a request: its identity (per the mount's scope) and process."""
+
+    identity: str
+    pid: int  # thread group id of the caller
+
+
+@dataclass(frozen=True, slots=True)
 class Persisted:
     """What the store keeps with a file's content (see ``fencefs.store``)."""
 

@@ -8,7 +8,10 @@ FENCEFS_AGENT in the caller's environment when set, else the thread group
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+from fencefs.core.model import Caller  # re-exported: the FUSE layer resolves callers
+
+__all__ = ["Caller", "IdentityResolver"]
 
 AGENT_VAR = b"FENCEFS_AGENT="
 SCOPES = ("agent", "process", "thread", "session")
@@ -76,12 +79,6 @@ def session_of(tid: int) -> int | None:
         return None
     fields = stat[stat.rfind(b")") + 2:].split()
     return int(fields[3])  # field 6: session id
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    identity: str
-    pid: int  # thread group id of the caller
 
 
 class IdentityResolver:

@@ -1,0 +1,156 @@
+"""The extended attributes: claim state to read, controls to set.
+
+``user.fencefs.*`` names are fencefs's own (see ``fuse.control`` for their
+names and values): reading them shows a file's version, epoch, claims and
+policy; setting them reclaims, renews or changes the policy. Every other
+attribute passes through to the backing file. ``FenceOperations`` hands its
+xattr requests to one ``ControlAttributes``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+
+import pyfuse3
+
+from fencefs.core import Caller, FileState
+from fencefs.engine.commits import CommitEngine
+from fencefs.engine.coordination import Coordination
+from fencefs.engine.files import FileTable
+from fencefs.engine.journaling import Journaling
+from fencefs.engine.shared import SharedFiles
+from fencefs.fuse import control, paths
+from fencefs.fuse.access import READ, WRITE, Access
+from fencefs.fuse.identity import IdentityResolver
+from fencefs.fuse.inodes import ROOT, InodeTable
+from fencefs.store.backing import Backing
+
+
+class ControlAttributes:
+    def __init__(self, backing: Backing, inodes: InodeTable, ids: IdentityResolver,
+                 coord: Coordination, files: FileTable, commits: CommitEngine,
+                 shared: SharedFiles, journaling: Journaling, *, durable: bool) -> None:
+        self.backing = backing
+        self.inodes = inodes
+        self.ids = ids
+        self.coord = coord
+        self.files = files
+        self.commits = commits
+        self.shared = shared
+        self.journaling = journaling
+        self.durable = durable
+
+    def access(self, ctx: pyfuse3.RequestContext) -> Access:
+        return Access(ctx.uid, ctx.gid, ctx.pid, self.backing.lstat)
+
+    def _regular_state(self, inode: int) -> tuple[str, FileState | None]:
+        rel = self.inodes.path(inode)
+        try:
+            st = self.backing.lstat(rel)
+        except FileNotFoundError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        if not stat.S_ISREG(st.st_mode) or paths.is_meta(rel):
+            return rel, None
+        return rel, self.files.file(rel, st)
+
+    async def get(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        text = os.fsdecode(name)
+        if inode == ROOT and text == control.STATUS:
+            # Only files the caller could read: the status names files and
+            # who holds them, in directories the caller may not enter.
+            access = self.access(ctx)
+            files = [f for f in self.coord.files() if access.may(f.path, READ)]
+            return control.status_of(files, time.monotonic(), self.coord.policy_of)
+        if not control.is_control(text):  # e.g. security.capability, asked at every write
+            return os.getxattr(self.backing.abs(self.inodes.path(inode)), name,
+                               follow_symlinks=False)
+        _, file = self._regular_state(inode)
+        if file is None or text not in control.READABLE:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        caller = self.ids.resolve(ctx.pid)
+        return control.value_of(text, file, caller.identity, time.monotonic(),
+                                self.coord.policy_of(file))
+
+    async def list(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        rel, file = self._regular_state(inode)
+        names = [os.fsencode(n) for n in os.listxattr(self.backing.abs(rel),
+                                                       follow_symlinks=False)
+                 if not control.is_control(n)]
+        if file is not None:
+            names += [n.encode() for n in control.READABLE]
+        return names
+
+    async def set(self, inode: int, name: bytes, value: bytes,
+                  ctx: pyfuse3.RequestContext) -> None:
+        text = os.fsdecode(name)
+        rel, file = self._regular_state(inode)
+        if not control.is_control(text):
+            paths.refuse_meta(rel)
+            os.setxattr(self.backing.abs(rel), name, value, follow_symlinks=False)
+            return
+        caller = self.ids.resolve(ctx.pid)
+        if inode == ROOT and text in (control.RECLAIM_EXPIRED, control.RECLAIM_AGENT):
+            await self._reclaim_many(text, value, caller, self.access(ctx))
+            return
+        if file is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if text == control.RECLAIM:
+            control.parse_one(value)
+            await self.commits.reclaim(file, caller, reason="operator")
+        elif text == control.RENEW:
+            control.parse_one(value, control.RENEW)
+            now = time.monotonic()
+            mine = [c for c in file.writers.values() if c.identity == caller.identity]
+            if not mine:
+                raise pyfuse3.FUSEError(errno.ENOENT)  # no write claim of yours to renew
+            for claim in mine:
+                self.coord.renew(claim, now)
+        elif text == control.POLICY:
+            self._set_policy(file, control.parse_policy(value), caller)
+        else:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+
+    async def _reclaim_many(self, name: str, value: bytes, caller: Caller,
+                            access: Access) -> None:
+        """Root-level control: reclaim every file whose write claim expired,
+        or every file on which one identity holds a claim; of those, only
+        the files the caller could write (as setxattr on the file requires)."""
+        now = time.monotonic()
+        if name == control.RECLAIM_EXPIRED:
+            control.parse_one(value, name)
+            paths_ = {c.path for c in self.coord.expired_writers(now)}
+            reason = "lease-expired"
+        else:
+            wanted = control.parse_identity(value)
+            paths_ = {c.path for c in self.coord.claims_of(wanted)}
+            reason = f"identity={wanted}"
+        await self.commits.reclaim_paths({p for p in paths_ if access.may(p, WRITE)},
+                                         caller, reason)
+
+    def _set_policy(self, file: FileState, policy: str | None, caller: Caller) -> None:
+        """The file's own policy (None: back to the mount's globs and default)."""
+        if policy == file.policy:
+            return
+        self.shared.check_policy_switch(file, policy)  # shared <-> fenced: EBUSY while open
+        self.coord.set_policy(file.path, policy, lambda p: self.files.persist_state(
+            file, policy=p, keep_policy=False, durable=self.durable))
+        self.journaling.record("policy", file.path, identity=caller.identity, pid=caller.pid,
+                               policy=policy if policy is not None else "-",
+                               effective=self.coord.policy_of(file))
+
+    async def remove(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        text = os.fsdecode(name)
+        rel = self.inodes.path(inode)
+        if text == control.POLICY:  # the file's own policy goes: the mount's rules apply
+            rel, file = self._regular_state(inode)
+            if file is None:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            self._set_policy(file, None, self.ids.resolve(ctx.pid))
+            return
+        if control.is_control(text):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        paths.refuse_meta(rel)
+        os.removexattr(self.backing.abs(rel), name, follow_symlinks=False)
