@@ -12,9 +12,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
-STATUS_XATTR = "user.fencefs.status"
+from fencefs import wire
 
 
 class UsageError(Exception):
@@ -26,25 +25,8 @@ class UsageError(Exception):
 
 def _mounted_at(mountpoint: str) -> tuple[str, str] | None:
     """(fstype, source) of the mount at ``mountpoint``, if any."""
-    target = os.path.realpath(mountpoint)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    found = None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) >= 5 and _unescape(fields[4]) == target:
-            rfields = right.split()
-            found = (rfields[0], _unescape(rfields[1]) if len(rfields) > 1 else "")
-    return found
-
-
-def _unescape(text: str) -> str:
-    return (text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-            .replace("\\134", "\\"))
+    found = wire.mount_at(os.path.realpath(mountpoint))
+    return None if found is None else (found.fstype, found.source)
 
 
 def validate_mount(backing: str, mountpoint: str) -> tuple[str, str]:
@@ -227,25 +209,25 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
         if len(args.files) != 1:
             raise UsageError("reclaim --expired/--agent takes one mount point")
         mountpoint = args.files[0]
-        before = {r["file"]: r["epoch"] for r in _status_rows(mountpoint)}
-        name, value = (("user.fencefs.reclaim-expired", b"1") if args.expired
-                       else ("user.fencefs.reclaim-agent", args.agent.encode()))
+        before = {r.file: r.epoch for r in _status_rows(mountpoint)}
+        name, value = ((wire.RECLAIM_EXPIRED, b"1") if args.expired
+                       else (wire.RECLAIM_AGENT, args.agent.encode()))
         try:
             os.setxattr(mountpoint, name, value)
         except OSError as e:
             raise UsageError(f"{mountpoint}: {e.strerror}") from None
         after = _status_rows(mountpoint)
-        done = [r for r in after if r["file"] in before and r["epoch"] != before[r["file"]]]
+        done = [r for r in after if r.file in before and r.epoch != before[r.file]]
         for row in done:
-            print(f"{_shown(row['file'])}: reclaimed, epoch {row['epoch']}")
+            print(f"{_shown(row.file)}: reclaimed, epoch {row.epoch}")
         if not done:
             print("nothing to reclaim")
         return 0
     failed = 0
     for path in args.files:
         try:
-            os.setxattr(path, "user.fencefs.reclaim", b"1")
-            epoch = os.getxattr(path, "user.fencefs.epoch").decode()
+            os.setxattr(path, wire.RECLAIM, b"1")
+            epoch = os.getxattr(path, wire.EPOCH).decode()
             print(f"{_shown(path)}: reclaimed, epoch {epoch}")
         except OSError as e:
             hint = " (not on a fencefs mount?)" if e.errno in (errno.ENOTSUP, errno.EINVAL) else ""
@@ -254,36 +236,36 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _claims_of(path: str) -> dict[str, object]:
-    def get(name: str) -> str:
-        return os.getxattr(path, f"user.fencefs.{name}").decode()
-
-    claims: list[dict[str, Any]] = []
+def _claims_of(path: str) -> wire.StatusEntry:
+    """A file's claim state as a status entry, from its own attributes."""
     now = time.time()
-    for line in get("claims").splitlines():
-        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        lease = fields.get("lease", "-")
-        claims.append({
-            "identity": fields.get("identity"), "pid": int(fields.get("pid", 0)),
-            "kind": fields.get("kind"), "version": int(fields.get("version", 0)),
-            "epoch": int(fields.get("epoch", 0)),
-            "lease_left": None if lease == "-" else round(float(lease) - now, 3),
-        })
-    return {"file": path, "version": int(get("version")), "epoch": int(get("epoch")),
-            "policy": get("policy"), "claims": claims}
-
-
-def _status_rows(mountpoint: str) -> list[dict[str, Any]]:
     try:
-        raw = os.getxattr(mountpoint, STATUS_XATTR)
+        claims = wire.parse_claims(os.getxattr(path, wire.CLAIMS))
+        return wire.StatusEntry(
+            file=path, version=int(os.getxattr(path, wire.VERSION)),
+            epoch=int(os.getxattr(path, wire.EPOCH)),
+            policy=os.getxattr(path, wire.POLICY).decode("utf-8", "replace"),
+            claims=tuple(wire.StatusClaim(
+                identity=c.identity, pid=c.pid, kind=c.kind, version=c.version,
+                epoch=c.epoch, lease_left=None if c.lease is None else round(c.lease - now, 3))
+                for c in claims))
+    except ValueError as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+def _status_rows(mountpoint: str) -> list[wire.StatusEntry]:
+    try:
+        raw = os.getxattr(mountpoint, wire.STATUS)
     except OSError as e:
         raise UsageError(f"{mountpoint}: not a fencefs mount ({e.strerror})") from None
-    rows: list[dict[str, Any]] = json.loads(raw)
-    return rows
+    try:
+        return wire.parse_status(raw)
+    except ValueError as e:
+        raise UsageError(f"{mountpoint}: {e}") from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = []
+    rows: list[wire.StatusEntry] = []
     if args.files:
         for path in args.files:
             full = path if os.path.isabs(path) else os.path.join(args.mountpoint, path)
@@ -294,25 +276,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         rows = _status_rows(args.mountpoint)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([row.as_json() for row in rows], indent=2))
         return 0
     print(f"{'FILE':32} {'VER':>5} {'EPOCH':>5} {'POLICY':10} {'IDENTITY':20} {'PID':>7} "
           f"{'KIND':5} {'RESTS ON':10} LEASE LEFT")
     for row in rows:
-        claims: list[dict[str, Any]] = list(row["claims"]) or [{}]
-        for i, claim in enumerate(claims):
-            head = (f"{_shown(row['file'])[-32:]:32} {row['version']:>5} {row['epoch']:>5} "
-                    f"{_shown(row['policy']):10}" if i == 0 else " " * 55)
-            if not claim:
-                print(f"{head} -")
-                continue
-            left = claim.get("lease_left")
+        head = (f"{_shown(row.file)[-32:]:32} {row.version:>5} {row.epoch:>5} "
+                f"{_shown(row.policy):10}")
+        if not row.claims:
+            print(f"{head} -")
+        for claim in row.claims:
+            left = claim.lease_left
             lease = "-" if left is None else (f"{left:.1f}s" if left > 0 else "expired")
-            if claim["epoch"] != row["epoch"]:
+            if claim.epoch != row.epoch:
                 lease = "revoked"
-            rests = f"v{claim['version']}/e{claim['epoch']}"
-            print(f"{head} {_shown(claim['identity'])[-20:]:20} {claim['pid']:>7} "
-                  f"{claim['kind']:5} {rests:10} {lease}")
+            rests = f"v{claim.version}/e{claim.epoch}"
+            print(f"{head} {_shown(claim.identity)[-20:]:20} {claim.pid:>7} "
+                  f"{claim.kind:5} {rests:10} {lease}")
+            head = " " * 55
     return 0
 
 
