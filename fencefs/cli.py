@@ -6,54 +6,28 @@ import argparse
 import datetime
 import errno
 import json
+import logging
 import os
 import select
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from fencefs import wire
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
-
+from fencefs.mounting import (
+    UsageError,
+    apply_options,
+    check_fuse,
+    duration,
+    mounted_at,
+    validate_mount,
+)
 
 # -- mount -------------------------------------------------------------------
 
-
-def _mounted_at(mountpoint: str) -> tuple[str, str] | None:
-    """(fstype, source) of the mount at ``mountpoint``, if any."""
-    found = wire.mount_at(os.path.realpath(mountpoint))
-    return None if found is None else (found.fstype, found.source)
-
-
-def validate_mount(backing: str, mountpoint: str) -> tuple[str, str]:
-    if not os.path.exists(backing):
-        raise UsageError(f"backing directory {backing} does not exist")
-    if not os.path.isdir(backing):
-        raise UsageError(f"backing directory {backing} is not a directory")
-    if not os.path.exists(mountpoint):
-        raise UsageError(f"mount point {mountpoint} does not exist")
-    if not os.path.isdir(mountpoint):
-        raise UsageError(f"mount point {mountpoint} is not a directory")
-    backing, mountpoint = os.path.realpath(backing), os.path.realpath(mountpoint)
-    if os.path.ismount(mountpoint) or _mounted_at(mountpoint) is not None:
-        raise UsageError(f"mount point {mountpoint} is busy: something is mounted there")
-    if mountpoint == backing or mountpoint.startswith(backing + "/") \
-            or backing.startswith(mountpoint + "/"):
-        raise UsageError("the mount point and the backing directory must not contain each other")
-    from fencefs.store.backing import check_xattr_support
-
-    meta = os.path.join(backing, ".fencefs")
-    try:
-        os.makedirs(meta, mode=0o700, exist_ok=True)
-        check_xattr_support(meta)
-    except OSError as e:
-        raise UsageError(str(e) if "xattr" in str(e) else
-                         f"backing directory {backing} is not usable: {e.strerror}") from None
-    return backing, mountpoint
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def shared_globs(args: argparse.Namespace) -> list[str]:
@@ -66,21 +40,61 @@ def shared_globs(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    """Mount; any failure is one line on stderr and, where the log can be
+    written, the same line in the daemon's log."""
+    try:
+        return _mount(args)
+    except UsageError as e:
+        if not e.logged:
+            logfile = args.log_file or (None if args.foreground else os.path.join(
+                os.path.realpath(args.backing), ".fencefs", "daemon.log"))
+            if logfile:
+                _log_failure(logfile, str(e))
+                e.logged = True
+        if args.ready_fd is not None:  # a daemon started by a background mount: tell it
+            try:                       # (after the log has the line)
+                os.write(args.ready_fd, b"error " + str(e).encode(errors="replace") + b"\n")
+            except OSError:
+                pass
+        raise
+
+
+def _log_failure(logfile: str, message: str) -> None:
+    """One ERROR line in ``logfile``, formatted as the daemon logs, if its
+    directory exists (a failed mount creates nothing)."""
+    if not os.path.isdir(os.path.dirname(logfile) or "."):
+        return
+    record = logging.makeLogRecord({"name": "fencefs", "levelno": logging.ERROR,
+                                    "levelname": "ERROR", "msg": message})
+    try:
+        with open(logfile, "a") as f:
+            f.write(logging.Formatter(LOG_FORMAT).format(record) + "\n")
+    except OSError:
+        pass
+
+
+def _mount(args: argparse.Namespace) -> int:
+    kernel = apply_options(args)
     for pattern in args.shared_glob:
         if not pattern.strip("/"):
             raise UsageError(f"--shared-glob: not a pattern: {pattern!r}")
     backing, mountpoint = validate_mount(args.backing, args.mountpoint)
+    check_fuse(args.allow_other)
     if args.foreground:
-        from fencefs.daemon import serve, setup_logging
+        from fencefs.daemon import MountFailed, serve
 
         setup_logging(args.debug, args.log_file)
-        return serve(backing, mountpoint, allow_other=args.allow_other, debug=args.debug,
-                     durable=args.durability == "full", scope=args.identity,
-                     ready_fd=args.ready_fd, max_observations=args.max_observations,
-                     warm_files=args.warm_files,
-                     upkeep_interval=args.upkeep_interval, policy=args.policy,
-                     lease_ttl=args.lease_ttl, wait=args.wait, sweep_after=args.sweep_after,
-                     shared_globs=shared_globs(args))
+        try:
+            return serve(backing, mountpoint, allow_other=args.allow_other, debug=args.debug,
+                         durable=args.durability == "full", scope=args.identity,
+                         ready_fd=args.ready_fd, max_observations=args.max_observations,
+                         warm_files=args.warm_files,
+                         upkeep_interval=args.upkeep_interval, policy=args.policy,
+                         lease_ttl=args.lease_ttl, wait=args.wait,
+                         sweep_after=args.sweep_after, shared_globs=shared_globs(args),
+                         kernel_options=kernel)
+        except MountFailed as e:
+            raise UsageError(str(e)) from None
     read_fd, write_fd = os.pipe()
     logfile = os.path.join(backing, ".fencefs", "daemon.log")
     command = [sys.executable, "-m", "fencefs.cli", "mount", "--foreground",
@@ -100,27 +114,68 @@ def cmd_mount(args: argparse.Namespace) -> int:
         command.append("--debug")
     if args.allow_other:
         command.append("--allow-other")
-    command += [backing, mountpoint]
-    child = subprocess.Popen(command, pass_fds=(write_fd,), start_new_session=True,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    os.close(write_fd)
-    deadline = time.monotonic() + 30
-    ready = False
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([read_fd], [], [], 0.2)
-        if r:
-            ready = os.read(read_fd, 64).startswith(b"ready")
-            break
-        if child.poll() is not None:
-            break
-    os.close(read_fd)
-    if not ready:
+    if kernel:
+        command += ["-o", ",".join(kernel)]
+    command += ["--", backing, mountpoint]
+    try:
+        with open(logfile, "ab") as log:  # whatever escapes the logging lands there too
+            child = subprocess.Popen(command, pass_fds=(write_fd,), start_new_session=True,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=log)
+    except OSError as e:
+        os.close(read_fd)
+        raise UsageError(f"cannot start the fencefs daemon ({e.filename or sys.executable}): "
+                         f"{e.strerror}") from None
+    finally:
+        os.close(write_fd)
+    answer = _wait_ready(read_fd, child, 30)
+    if answer != b"ready":
         if child.poll() is None:
             child.terminate()
+        if answer.startswith(b"error "):
+            failure = UsageError(answer[6:].decode(errors="replace"))
+            failure.logged = True  # the daemon wrote it to its log
+            raise failure
         raise UsageError(f"the fencefs daemon did not start; see {logfile}")
     print(f"fencefs: {backing} mounted on {mountpoint} (daemon pid {child.pid})")
     return 0
+
+
+def _wait_ready(read_fd: int, child: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """The daemon's first line on the readiness pipe: ``ready`` or ``error
+    LINE``; empty if it died or timed out without one."""
+    deadline = time.monotonic() + timeout
+    got = b""
+    try:
+        while time.monotonic() < deadline and not got.endswith(b"\n"):
+            r, _, _ = select.select([read_fd], [], [], 0.2)
+            if r:
+                chunk = os.read(read_fd, 4096)
+                if not chunk:
+                    break
+                got += chunk
+            elif child.poll() is not None:
+                break
+    finally:
+        os.close(read_fd)
+    return got.split(b"\n", 1)[0] if got.endswith(b"\n") else b""
+
+
+def setup_logging(debug: bool, logfile: str | None = None) -> None:
+    handler: logging.Handler
+    if logfile:
+        try:
+            handler = logging.FileHandler(logfile)
+        except OSError as e:
+            raise UsageError(f"cannot write the log file {logfile}: {e.strerror}") from None
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        logging.getLogger("pyfuse3").setLevel(logging.WARNING)
 
 
 # -- unmount -----------------------------------------------------------------
@@ -128,7 +183,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def cmd_unmount(args: argparse.Namespace) -> int:
     mountpoint = os.path.realpath(args.mountpoint)
-    found = _mounted_at(mountpoint)
+    found = mounted_at(mountpoint)
     if found is None or found[0] != "fuse.fencefs":
         raise UsageError(f"{args.mountpoint} is not a fencefs mount")
     backing = found[1]
@@ -183,23 +238,6 @@ def _shown(value: object) -> str:
         else:
             out.append(f"\\u{code:04x}")
     return "".join(out)
-
-
-def _duration(text: str) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for unit in ("ms", "s", "m", "h"):
-        if text.endswith(unit):
-            number, scale = text[: -len(unit)], units[unit]
-            break
-    else:
-        number, scale = text, 1.0
-    try:
-        value = float(number) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
-    return value
 
 
 def cmd_reclaim(args: argparse.Namespace) -> int:
@@ -330,13 +368,18 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fencefs", description="A FUSE filesystem that fences writes to shared files.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog="fencefs", description="A FUSE filesystem that fences writes to shared files.",
+        epilog="fencefs BACKING MOUNTPOINT -o OPTIONS is fencefs mount (the form "
+               "mount -t fuse.fencefs and /etc/fstab use).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     m = sub.add_parser("mount", help="mount BACKING on MOUNTPOINT")
     m.add_argument("backing")
     m.add_argument("mountpoint")
+    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                   help="mount options as in /etc/fstab: durability=none, policy=exclusive, "
+                        "allow_other, shared_glob=*.db, ... (docs/guide.md)")
     m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     m.add_argument("--debug", action="store_true", help="log every request")
     m.add_argument("--allow-other", action="store_true",
@@ -348,13 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
                    default="agent", help="what one claim-holding identity is (docs/guide.md)")
     m.add_argument("--policy", choices=("optimistic", "exclusive"), default="optimistic",
                    help="policy of files that have none set (default optimistic)")
-    m.add_argument("--lease-ttl", type=_duration, default=60.0,
+    m.add_argument("--lease-ttl", type=duration, default=60.0,
                    help="lease of a write claim, renewed by each write and fsync "
                         "(default 60s; accepts 500ms, 30s, 5m)")
-    m.add_argument("--wait", type=_duration, default=0.0,
+    m.add_argument("--wait", type=duration, default=0.0,
                    help="exclusive policy: how long an open waits for the holder "
                         "before EBUSY (default 0: at once)")
-    m.add_argument("--sweep-after", type=_duration, default=None,
+    m.add_argument("--sweep-after", type=duration, default=None,
                    help="reclaim write claims idle (no write/fsync/renew) this long")
     m.add_argument("--shared-glob", action="append", default=[], metavar="PATTERN",
                    help="files matching PATTERN (a name like '*.db', or a path from the "
@@ -402,7 +445,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other fencefs error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"fencefs: {message} (see {self.prog} --help)\n")
+
+
+COMMANDS = ("mount", "unmount", "status", "reclaim", "log")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        # The mount.fuse3 helper's form: fencefs BACKING MOUNTPOINT -o OPTIONS
+        argv.insert(0, "mount")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

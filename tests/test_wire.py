@@ -133,8 +133,8 @@ def test_dup_close_does_not_commit_at_an_escaped_mount_point(tmp_path: Path) -> 
     base = tmp_path / "odd dir\twith\\backslash"
     base.mkdir()
     m = Mount(base)
-    m.start()
     try:
+        m.start()  # inside the try: a start that times out still stops the daemon
         path = m.seed("plan.md", "v1\n")
         assert xattr(path, "version") == "1"
         assert wire.mount_at(str(m.mnt)) is not None
@@ -156,6 +156,14 @@ def test_dup_close_does_not_commit_at_an_escaped_mount_point(tmp_path: Path) -> 
         out = subprocess.run([sys.executable, "-m", "fencefs.cli", "status", str(m.mnt),
                               "plan.md", "--json"], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
+        # fencefs unmount finds the daemon through the mount's source (the
+        # backing path, escaped for libfuse's option parser and for mountinfo).
+        found = wire.mount_at(str(m.mnt))
+        assert found is not None and found.source == str(m.backing)
+        out = subprocess.run([sys.executable, "-m", "fencefs.cli", "unmount", str(m.mnt)],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert m.proc is not None and m.proc.wait(timeout=30) == 0
     finally:
         m.stop()
     log = m.log()
