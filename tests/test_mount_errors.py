@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -167,11 +168,15 @@ def test_a_second_daemon_on_one_backing_is_refused(mount: Mount, tmp_path: Path)
     other = tmp_path / "other-mnt"
     other.mkdir()
     log = mount.backing / ".fencefs" / "daemon.log"
-    line = one_line(fencefs("mount", str(mount.backing), str(other)), "busy",
-                    f"serves it on {mount.mnt}")
-    assert line in log_of(log)
-    line = one_line(fencefs("mount", "-f", str(mount.backing), str(other)), "busy")
-    assert not mounted(str(other))
+    try:
+        line = one_line(fencefs("mount", str(mount.backing), str(other)), "busy",
+                        f"serves it on {mount.mnt}")
+        assert line in log_of(log)
+        line = one_line(fencefs("mount", "-f", str(mount.backing), str(other)), "busy")
+        assert not mounted(str(other))
+    finally:
+        if mounted(str(other)):  # the check failed: stop the second daemon
+            fencefs("unmount", str(other))
     with open(mount.path("still.txt"), "w") as f:  # the first daemon serves on
         f.write("yes")
     assert (mount.backing / "still.txt").read_text() == "yes"
@@ -367,3 +372,17 @@ def test_mount_t_fuse_fencefs_and_umount(base: Path) -> None:
     gone = probe(results[3])
     assert gone == {"mount": None, "alive": False}
     assert (base / "b" / "plan.md").read_text() == "v1"
+
+
+def test_a_dead_mount_is_named_as_such(make_mount: Any, tmp_path: Path) -> None:
+    """A mount point whose daemon was killed answers ENOTCONN: that is
+    reported as busy, with the way to clear it, not as a missing directory."""
+    dead = make_mount(name="dead")
+    assert dead.proc is not None
+    dead.proc.send_signal(signal.SIGKILL)
+    dead.proc.wait()
+    backing = tmp_path / "b2"
+    backing.mkdir()
+    for args in (("mount",), ("mount", "-f"), ()):
+        one_line(fencefs(*args, str(backing), str(dead.mnt)), "mount point", "is busy",
+                 "daemon is gone", "fusermount3 -u -z")
