@@ -63,12 +63,18 @@ def serve(
     sweep_after: float | None = None,
     shared_globs: Sequence[str] = (),
     kernel_options: Sequence[str] = (),
+    lock_backing: bool = True,
 ) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns exit code.
-    Raises MountFailed if the mount cannot be made."""
+    Raises MountFailed if the mount cannot be made.
+
+    ``lock_backing``: with the local coordination (the default) one daemon
+    serves a backing directory, and a second is refused. A coordination that
+    several hosts share (one backing directory on shared storage, one daemon
+    per host) passes False."""
     logging.getLogger("pyfuse3").addFilter(_late_reply)
     _raise_fd_limit()
-    lock = _lock_backing(backing)
+    lock = _lock_backing(backing) if lock_backing else None
     try:
         ops = FenceOperations(backing, durable=durable, scope=scope,
                               max_observations=max_observations, default_policy=policy,
@@ -100,7 +106,8 @@ def serve(
             os.unlink(pid_file(ops.backing.root))
         except OSError:
             pass
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
     return 0 if clean else 1
 
 
