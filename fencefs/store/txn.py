@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fencefs.store.backing import Backing
+from fencefs.store.backing import META_DIR, Backing
 from fencefs.store.drafts import DRAFT_XATTR, Draft, Drafts
 from fencefs.store.journal import Journal
 
@@ -46,6 +46,15 @@ log = logging.getLogger("fencefs.store")
 # (tests/test_txn_mount.py): before-intent, after-intent, after-rename-1,
 # after-renames, after-deletes.
 CRASH_ENV = "FENCEFS_TEST_TXN_CRASH"
+# Staging directories: MOUNT/.fencefs/txn/NAME/PATH is a draft for PATH.
+STAGING = f"{META_DIR}/txn"
+
+
+def is_staged(rel: str) -> bool:
+    """``rel`` is a staging directory or lies in one (not .fencefs/txn itself)."""
+    return rel.startswith(STAGING + "/") and len(rel) > len(STAGING) + 1
+
+
 STEPS = ("before-intent", "after-intent", "after-rename-1", "after-renames", "after-deletes")
 
 
