@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fencefs.core.coordinator import decide
-from fencefs.core.errors import Conflict, Fenced, FenceError
+from fencefs.core.errors import BadValue, Conflict, Fenced, FenceError
 from fencefs.core.model import Claim, FileState, Kind, Persisted
 
 
@@ -142,11 +142,11 @@ def plan(files: Mapping[str, FileState | None], members: Sequence[Member]) -> li
 def check_members(members: Sequence[Member]) -> None:
     """A transaction names each path once, and at least one."""
     if not members:
-        raise ValueError("a transaction needs at least one file")
+        raise BadValue("a transaction needs at least one file")
     seen: set[str] = set()
     for m in members:
         if m.path in seen:
-            raise ValueError(f"{m.path!r} is named twice in one transaction")
+            raise BadValue(f"{m.path!r} is named twice in one transaction")
         seen.add(m.path)
 
 

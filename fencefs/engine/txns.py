@@ -84,6 +84,10 @@ class Transactions:
         self.backing = files.backing
         self.durable = durable
         self.poisoned: set[str] = set()
+        # The answer of each staging directory's last commit, readable as
+        # user.fencefs.result: the kernel may report a setxattr's EAGAIN as
+        # EOPNOTSUPP, and retries it once after ESTALE (see docs/guide.md).
+        self.results: dict[str, tuple[int, str]] = {}
         os.makedirs(self.backing.abs(STAGING), exist_ok=True)
         os.chmod(self.backing.abs(STAGING), 0o1777)  # like /tmp: anyone may start one
 
@@ -178,10 +182,42 @@ class Transactions:
 
     # -- the commit --------------------------------------------------------------
 
+    def result(self, root: str) -> bytes:
+        """``user.fencefs.result``: the last commit's answer, one line."""
+        code, text = self.results.get(root, (0, "none"))
+        return f"{errno.errorcode.get(code, 'ok') if code else 'ok'} {text}".encode()
+
     async def commit(self, root: str, caller: Caller,
                      may_write: Callable[[str], bool]) -> list[str]:
-        """Commit the staging directory ``root``; returns the staged paths
-        that left it (the FUSE layer forgets their inodes)."""
+        """Commit the staging directory ``root``; returns the files it
+        committed. Every answer is also kept for ``result``."""
+        last = self.results.get(root)
+        if (last is not None and last[0] in (errno.EAGAIN, errno.ESTALE, errno.ECANCELED)
+                and self._nothing_staged(root)):
+            # The same request again (the kernel retries a setxattr that got
+            # ESTALE), or a caller asking twice: the same answer.
+            raise OSError(last[0], last[1])
+        try:
+            files = await self._commit(root, caller, may_write)
+        except TxnRefused as e:
+            moved = ",".join(e.paths)
+            self.results[root] = (e.errno, f"{e.reason} moved={moved}")
+            raise
+        except (OSError, BadValue) as e:
+            code = e.errno if isinstance(e, OSError) and e.errno else errno.EINVAL
+            self.results[root] = (code, str(e).replace("\n", " "))
+            raise
+        self.results[root] = (0, "committed files=" + ",".join(files))
+        return files
+
+    def _nothing_staged(self, root: str) -> bool:
+        try:
+            return not os.listdir(self.backing.abs(root))
+        except OSError:
+            return True
+
+    async def _commit(self, root: str, caller: Caller,
+                      may_write: Callable[[str], bool]) -> list[str]:
         owner = self._owner(root)
         if owner != caller.identity:
             raise OSError(errno.EPERM, f"{root!r} belongs to {owner or 'nobody'}")
@@ -196,8 +232,7 @@ class Transactions:
         items = [self._adopt(staged, target, caller, txn) for target, staged in writes]
         items += [Item(d, delete_marker(self.drafts, d, caller.identity, caller.pid, txn),
                        0, 0, delete=True) for d in deletes]
-        left = [staged for _, staged in writes]
-        for staged in left:
+        for _, staged in writes:
             self.coord.removed(staged)
             self.files.fingerprints.pop(staged, None)
         if root in self.poisoned:
@@ -243,7 +278,7 @@ class Transactions:
             close_quietly(item.draft.fd)
         self._empty(root)
         await self._durable({os.path.dirname(i.target) for i in items})
-        return left
+        return [i.target for i in items]
 
     def _adopt(self, staged: str, target: str, caller: Caller, txn: str) -> Item:
         """Move a staged file into drafts/ (one rename): it becomes the draft."""

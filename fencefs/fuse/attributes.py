@@ -76,6 +76,8 @@ class ControlAttributes:
             return control.status_of(files, time.monotonic(), self.coord.policy_of)
         if inode == ROOT and text == control.SNAPSHOTS:
             return json.dumps([s.to_json() for s in self.snapshots.list()]).encode()
+        if text == control.RESULT and paths.is_txn_dir(self.inodes.path(inode)):
+            return self.txns.result(self.inodes.path(inode))
         if not control.is_control(text):  # e.g. security.capability, asked at every write
             return os.getxattr(self.backing.abs(self.inodes.path(inode)), name,
                                follow_symlinks=False)
@@ -185,6 +187,10 @@ class ControlAttributes:
             raise BadValue(str(e)) from None
         if name == control.SNAPSHOT_DELETE:
             self.snapshots.delete(snap)
+            parent = self.inodes.ino_of(paths.SNAPSHOTS_DIR)
+            if parent is not None:  # the kernel may hold the entry for a second
+                self.inodes.unlinked(parent, snap)
+                pyfuse3.invalidate_entry_async(parent, os.fsencode(snap), ignore_enoent=True)
             self.journaling.record("snapshot-delete", snap, identity=caller.identity,
                                    pid=caller.pid)
             return

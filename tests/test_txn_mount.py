@@ -1,0 +1,212 @@
+"""Multi-file commits and snapshots on a real mount, driven by real processes.
+
+Shell agents stage files under MOUNT/.fencefs/txn/NAME and commit with
+setfattr; snapshots are taken with the root's control attribute (what the
+CLI does). Every check looks at what the files, the journal and the errno
+say, never at how long something took.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Mount
+
+COMMIT = "user.fencefs.commit"
+
+
+def sh(script: str, *, agent: str = "a", check: bool = True,
+       timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FENCEFS_AGENT": agent}
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def staging(m: Mount, name: str) -> Path:
+    return m.mnt / ".fencefs" / "txn" / name
+
+
+def commit_errno(path: Path, agent: str = "a") -> int:
+    """The errno of a commit made by a process of ``agent``."""
+    code = ("import os, sys\ntry:\n    os.setxattr(sys.argv[1], sys.argv[2], b'1')\n"
+            "except OSError as e:\n    print(e.errno)\nelse:\n    print(0)")
+    proc = subprocess.run(["python3", "-c", code, str(path), COMMIT], capture_output=True,
+                          text=True, env={**os.environ, "FENCEFS_AGENT": agent}, timeout=60)
+    return int(proc.stdout)
+
+
+def result(path: Path) -> str:
+    return os.getxattr(path, "user.fencefs.result").decode()
+
+
+def version(m: Mount, name: str) -> int:
+    return int(os.getxattr(m.path(name), "user.fencefs.version"))
+
+
+def events(m: Mount, kind: str) -> list[dict[str, object]]:
+    return [e for e in m.journal() if e["event"] == kind]
+
+
+def test_shell_transaction_commits_all(mount: Mount) -> None:
+    mount.seed("plan.md", "plan 0\n")
+    mount.seed("results.json", "[]\n")
+    sh(f"""
+        cd {mount.mnt}
+        mkdir .fencefs/txn/step1
+        cat plan.md > /dev/null; cat results.json > /dev/null
+        echo 'plan 1' > .fencefs/txn/step1/plan.md
+        echo '[1]' > .fencefs/txn/step1/results.json
+        mkdir -p .fencefs/txn/step1/notes && echo 'new' > .fencefs/txn/step1/notes/new.md
+        setfattr -n user.fencefs.commit -v 1 .fencefs/txn/step1
+    """)
+    assert Path(mount.path("plan.md")).read_text() == "plan 1\n"
+    assert Path(mount.path("results.json")).read_text() == "[1]\n"
+    assert Path(mount.path("notes/new.md")).read_text() == "new\n"
+    assert (version(mount, "plan.md"), version(mount, "results.json")) == (2, 2)
+    assert os.listdir(staging(mount, "step1")) == []  # the directory holds nothing
+    intent = events(mount, "txn-intent")[-1]
+    assert sorted(m["file"] for m in intent["members"]) == [  # type: ignore[attr-defined]
+        "notes/new.md", "plan.md", "results.json"]
+    assert events(mount, "txn-commit")[-1]["txn"] == intent["txn"]
+
+
+def test_stale_member_refuses_all_and_keeps_drafts(mount: Mount) -> None:
+    mount.seed("plan.md", "plan 0\n")
+    mount.seed("results.json", "[]\n")
+    sh(f"""
+        cd {mount.mnt}; mkdir .fencefs/txn/t
+        cat plan.md results.json > /dev/null
+        echo 'plan A' > .fencefs/txn/t/plan.md
+        echo '[A]' > .fencefs/txn/t/results.json
+    """, agent="a")
+    sh(f"cd {mount.mnt}; cat results.json >/dev/null; echo '[B]' > results.json", agent="b")
+    rejected_before = len(mount.rejected())
+    env_a = {**os.environ, "FENCEFS_AGENT": "a"}
+    proc = subprocess.run(["setfattr", "-n", COMMIT, "-v", "1",
+                           str(staging(mount, "t"))], env=env_a, capture_output=True, text=True)
+    # The daemon answers EAGAIN; this kernel hands a setxattr's EAGAIN to the
+    # caller as EOPNOTSUPP, so the answer is also kept as user.fencefs.result.
+    assert proc.returncode != 0
+    assert result(staging(mount, "t")) == "EAGAIN conflict moved=results.json"
+    # nothing of A landed, not even the member that did not move
+    assert Path(mount.path("plan.md")).read_text() == "plan 0\n"
+    assert Path(mount.path("results.json")).read_text() == "[B]\n"
+    assert len(mount.rejected()) == rejected_before + 2
+    refused = events(mount, "txn-refused")[-1]
+    assert refused["moved"] == ["results.json"] and refused["reason"] == "conflict"
+    assert os.listdir(staging(mount, "t")) == []
+
+
+def test_reclaim_fences_transaction_with_estale(mount: Mount) -> None:
+    mount.seed("a.txt", "a\n")
+    mount.seed("b.txt", "b\n")
+    sh(f"""cd {mount.mnt}; mkdir .fencefs/txn/z; cat a.txt b.txt >/dev/null
+           echo A > .fencefs/txn/z/a.txt; echo B > .fencefs/txn/z/b.txt""", agent="z")
+    os.setxattr(mount.path("b.txt"), "user.fencefs.reclaim", b"1")
+    assert commit_errno(staging(mount, "z"), "z") == errno.ESTALE
+    assert result(staging(mount, "z")) == "ESTALE fenced moved=b.txt"
+    assert Path(mount.path("a.txt")).read_text() == "a\n"
+
+
+def test_delete_list_and_bad_input(mount: Mount) -> None:
+    mount.seed("keep.md", "k\n")
+    mount.seed("old.md", "o\n")
+    os.mkdir(mount.path("adir"))
+    root = staging(mount, "d")
+    sh(f"mkdir {root}")
+    cases = [
+        ("adir", "a directory as a member"),
+        ("../../etc/passwd", "outside the mount"),
+        (".fencefs/journal.jsonl", "inside .fencefs"),
+        ("nope.md", "a delete of nothing"),
+    ]
+    for line, why in cases:
+        sh(f"echo '{line}' > {root}/.fencefs-delete")
+        assert sh(f"setfattr -n {COMMIT} -v 1 {root}", check=False).returncode != 0, why
+        assert commit_errno(root) == errno.EINVAL, why
+    sh(f"ln -s keep.md {root}/link.md; rm {root}/.fencefs-delete")
+    assert commit_errno(root) == errno.EINVAL  # a symlink as a member
+    sh(f"rm {root}/link.md")
+    assert commit_errno(root) == errno.EINVAL  # nothing staged
+    assert Path(mount.path("old.md")).read_text() == "o\n"  # nothing changed
+    assert len(events(mount, "txn-invalid")) == 10  # each case twice, then two more
+    sh(f"""echo old.md > {root}/.fencefs-delete; echo K2 > {root}/keep.md
+           setfattr -n {COMMIT} -v 1 {root}""")
+    assert not os.path.exists(mount.path("old.md"))
+    assert Path(mount.path("keep.md")).read_text() == "K2\n"
+
+
+def test_only_the_staging_identity_commits(mount: Mount) -> None:
+    mount.seed("f.md", "0\n")
+    sh(f"mkdir {staging(mount, 'own')}; echo 1 > {staging(mount, 'own')}/f.md", agent="a")
+    proc = sh(f"setfattr -n {COMMIT} -v 1 {staging(mount, 'own')}", agent="b", check=False)
+    assert "Operation not permitted" in proc.stderr
+    assert Path(mount.path("f.md")).read_text() == "0\n"
+    sh(f"setfattr -n {COMMIT} -v 1 {staging(mount, 'own')}", agent="a")
+    assert Path(mount.path("f.md")).read_text() == "1\n"
+
+
+def test_killed_staging_writer_never_commits(mount: Mount) -> None:
+    """G7: a writer of the staging directory killed mid-write poisons it."""
+    mount.seed("f.md", "0\n")
+    mount.seed("g.md", "0\n")
+    root = staging(mount, "k")
+    sh(f"mkdir {root}; echo 1 > {root}/g.md", agent="k")
+    writer = subprocess.Popen(
+        ["python3", "-c", "import sys,os,time\n"
+         "f=open(sys.argv[1],'w'); f.write('partial'); f.flush(); print('ready',flush=True)\n"
+         "time.sleep(60)", f"{root}/f.md"],
+        env={**os.environ, "FENCEFS_AGENT": "k"}, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+    writer.kill()
+    writer.wait()
+    writer.stdout.close()
+    proc = sh(f"setfattr -n {COMMIT} -v 1 {root}", agent="k", check=False)
+    assert "Operation canceled" in proc.stderr
+    assert (Path(mount.path("f.md")).read_text(), Path(mount.path("g.md")).read_text()) == (
+        "0\n", "0\n")
+    assert any(e.get("reason") == "killed" for e in events(mount, "txn-refused"))
+
+
+def snapshot(m: Mount, name: str, under: str = "") -> None:
+    value = name + (f"\n{under}" if under else "")
+    os.setxattr(str(m.mnt), "user.fencefs.snapshot-create", value.encode())
+
+
+def test_snapshot_view_list_and_delete(mount: Mount) -> None:
+    mount.seed("plan.md", "v1\n")
+    os.mkdir(mount.path("sub"))
+    mount.seed("sub/x.md", "x1\n")
+    snapshot(mount, "s1")
+    mount.seed("plan.md", "v2\n")
+    view = mount.mnt / ".fencefs" / "snapshots" / "s1"
+    assert (view / "plan.md").read_text() == "v1\n"
+    assert (view / "sub" / "x.md").read_text() == "x1\n"
+    with pytest.raises(OSError) as info:
+        (view / "plan.md").write_text("no")
+    assert info.value.errno == errno.EROFS
+    listed = json.loads(os.getxattr(str(mount.mnt), "user.fencefs.snapshots"))
+    assert [(s["name"], s["files"]) for s in listed] == [("s1", 2)]
+    manifest = json.loads((mount.mnt / ".fencefs" / "snapshot-meta" / "s1.json").read_text())
+    assert manifest["versions"] == {"plan.md": [1, 0], "sub/x.md": [1, 0]}
+    snapshot(mount, "only-sub", "sub")
+    assert os.listdir(mount.mnt / ".fencefs" / "snapshots" / "only-sub") == ["x.md"]
+    for bad, code in (("s1", errno.EEXIST), ("a/b", errno.EINVAL), ("..", errno.EINVAL)):
+        with pytest.raises(OSError) as info:
+            snapshot(mount, bad)
+        assert info.value.errno == code, bad
+    with pytest.raises(OSError) as info:
+        snapshot(mount, "t", ".fencefs")
+    assert info.value.errno == errno.EINVAL
+    os.setxattr(str(mount.mnt), "user.fencefs.snapshot-delete", b"s1")
+    assert not view.exists()
+    assert (mount.mnt / "plan.md").read_text() == "v2\n"
