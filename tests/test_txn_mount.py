@@ -210,3 +210,108 @@ def test_snapshot_view_list_and_delete(mount: Mount) -> None:
     os.setxattr(str(mount.mnt), "user.fencefs.snapshot-delete", b"s1")
     assert not view.exists()
     assert (mount.mnt / "plan.md").read_text() == "v2\n"
+
+
+AGENT_LOOP = r"""
+cd "$MNT"
+ok=0; refused=0
+for i in $(seq 1 "$ROUNDS"); do
+  d=.fencefs/txn/$FENCEFS_AGENT-$i
+  mkdir "$d"
+  n=$(cut -d' ' -f1 a.txt); cat b.txt c.txt > /dev/null
+  for f in a b c; do echo "$((n + 1)) $FENCEFS_AGENT-$i" > "$d/$f.txt"; done
+  if setfattr -n user.fencefs.commit -v 1 "$d" 2>/dev/null; then ok=$((ok + 1))
+  else refused=$((refused + 1)); fi
+  rmdir "$d"
+done
+echo "$ok $refused"
+"""
+
+SNAPSHOTTER = r"""
+import json, os, sys
+mnt, rounds = sys.argv[1], int(sys.argv[2])
+mixed = seen = 0
+for k in range(rounds):
+    os.setxattr(mnt, "user.fencefs.snapshot-create", f"cut{k}".encode())
+    view = os.path.join(mnt, ".fencefs", "snapshots", f"cut{k}")
+    texts = [open(os.path.join(view, f"{f}.txt")).read() for f in "abc"]
+    seen += 1
+    mixed += len(set(texts)) != 1
+    os.setxattr(mnt, "user.fencefs.snapshot-delete", f"cut{k}".encode())
+print(seen, mixed)
+"""
+
+
+def test_two_shell_agents_race_and_snapshots_never_mix(mount: Mount) -> None:
+    """Two shell agents update a.txt, b.txt, c.txt together over many rounds
+    while a third process keeps taking snapshots. Every final state is a
+    sequence of whole transactions: the three files are equal and their
+    counter is the number of transactions that committed (none lost, none
+    torn); no snapshot ever held files from different transactions."""
+    for f in "abc":
+        mount.seed(f"{f}.txt", "0 seed\n")
+    rounds = 40
+    agents = [subprocess.Popen(["bash", "-c", AGENT_LOOP], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "FENCEFS_AGENT": name, "MNT": str(mount.mnt),
+                                    "ROUNDS": str(rounds)}) for name in ("x", "y")]
+    snapper = subprocess.Popen(["python3", "-c", SNAPSHOTTER, str(mount.mnt), "30"],
+                               stdout=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=300)[0].split() for p in agents]
+    seen, mixed = map(int, snapper.communicate(timeout=300)[0].split())
+    committed = sum(int(o[0]) for o in outs)
+    assert sum(int(o[0]) + int(o[1]) for o in outs) == 2 * rounds
+    texts = [Path(mount.path(f"{f}.txt")).read_text() for f in "abc"]
+    assert len(set(texts)) == 1, texts
+    assert int(texts[0].split()[0]) == committed
+    assert 0 < committed < 2 * rounds  # they really raced: some refused, some landed
+    assert (seen, mixed) == (30, 0)
+    assert len(events(mount, "txn-commit")) == committed
+
+
+@pytest.mark.parametrize("step", ["before-intent", "after-intent", "after-rename-1",
+                                  "after-renames", "after-deletes"])
+def test_daemon_killed_at_every_step_of_a_transaction(tmp_path: Path, step: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon dies (SIGKILL, by its test hook) at ``step`` of a
+    transaction's install; after the next mount every file is old, or every
+    file is new, and the journal says which."""
+    from tests.conftest import require_fuse
+
+    require_fuse()
+    m = Mount(tmp_path)
+    m.start()
+    try:
+        for f in ("a.txt", "b.txt", "gone.txt"):
+            m.seed(f, "old\n")
+    finally:
+        m.stop()
+    monkeypatch.setenv("FENCEFS_TEST_TXN_CRASH", step)
+    m.start()
+    monkeypatch.delenv("FENCEFS_TEST_TXN_CRASH")
+    try:
+        root = staging(m, "k")
+        sh(f"""cd {m.mnt}; mkdir {root}; cat a.txt b.txt >/dev/null
+               echo new > {root}/a.txt; echo new > {root}/b.txt
+               echo gone.txt > {root}/.fencefs-delete""")
+        proc = sh(f"setfattr -n {COMMIT} -v 1 {root}", check=False)
+        assert proc.returncode != 0  # the daemon died under it
+        assert m.proc is not None and m.proc.wait(timeout=30) == -9
+    finally:
+        m.kill()
+    m.start()
+    try:
+        state = ([Path(m.path(f)).read_text() for f in ("a.txt", "b.txt")],
+                 os.path.exists(m.path("gone.txt")))
+        recovered = events(m, "txn-recovered")
+        if step == "before-intent":
+            assert state == (["old\n", "old\n"], True)
+            assert recovered[-1]["rolled"] == "back"
+        else:
+            assert state == (["new\n", "new\n"], False)
+            if step != "after-deletes":
+                assert recovered[-1]["rolled"] == "forward"
+            assert int(os.getxattr(m.path("a.txt"), "user.fencefs.version")) == 2
+    finally:
+        m.stop()
+    log = m.log()
+    assert "Traceback" not in log and " ERROR " not in log, log
