@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -208,7 +209,12 @@ def test_snapshot_view_list_and_delete(mount: Mount) -> None:
         snapshot(mount, "t", ".fencefs")
     assert info.value.errno == errno.EINVAL
     os.setxattr(str(mount.mnt), "user.fencefs.snapshot-delete", b"s1")
-    assert not view.exists()
+    assert not (mount.backing / ".fencefs" / "snapshots" / "s1").exists()
+    # The kernel drops its cached entry once the daemon's invalidation reaches it.
+    deadline = time.monotonic() + 10
+    while view.exists():
+        assert time.monotonic() < deadline, "the deleted snapshot's entry stayed cached"
+        time.sleep(0.01)
     assert (mount.mnt / "plan.md").read_text() == "v2\n"
 
 
