@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from fencefs import wire
+from fencefs import snapcli, wire
 from fencefs.mounting import (
     UsageError,
     apply_options,
@@ -442,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("file", nargs="?")
     lg.add_argument("--json", action="store_true")
     lg.set_defaults(func=cmd_log)
+
+    snapcli.add_parser(sub)  # fencefs snapshot create|list|show|delete (snapcli.py)
     return parser
 
 
@@ -452,7 +454,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"fencefs: {message} (see {self.prog} --help)\n")
 
 
-COMMANDS = ("mount", "unmount", "status", "reclaim", "log")
+COMMANDS = ("mount", "unmount", "status", "reclaim", "log", "snapshot")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -722,7 +722,8 @@ class Transaction:
     def _path(self, rel: str | os.PathLike[str]) -> tuple[str, str]:
         text = os.fspath(rel).rstrip("/")
         parts = text.split("/")
-        if not text or text.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == ".fencefs":
+        if (not text or text.startswith("/") or parts[0] == ".fencefs"
+                or any(p in ("", ".", "..") for p in parts)):
             raise ValueError(f"{rel!r}: a transaction names files inside the mount "
                              f"(relative, no '..', not in .fencefs/)")
         return text, os.path.join(self.root, text)

@@ -321,3 +321,32 @@ def test_daemon_killed_at_every_step_of_a_transaction(tmp_path: Path, step: str,
         m.stop()
     log = m.log()
     assert "Traceback" not in log and " ERROR " not in log, log
+
+
+def fencefs_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "fencefs.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_snapshot_cli(mount: Mount) -> None:
+    mount.seed("plan.md", "v1\n")
+    mnt = str(mount.mnt)
+    made = fencefs_cli("snapshot", "create", mnt, "before")
+    assert made.returncode == 0 and "before: 1 files" in made.stdout, made.stderr
+    mount.seed("plan.md", "v2\n")
+    listed = fencefs_cli("snapshot", "list", mnt)
+    assert listed.stdout.startswith("before\t"), listed.stdout
+    shown = fencefs_cli("snapshot", "show", mnt, "before")
+    assert "plan.md\tversion 1\tepoch 0" in shown.stdout
+    again = fencefs_cli("snapshot", "create", mnt, "before")
+    assert again.returncode == 1 and "it exists" in again.stderr
+    bad = fencefs_cli("snapshot", "create", mnt, "a/b")
+    assert bad.returncode == 1 and "bad name" in bad.stderr
+    outside = fencefs_cli("snapshot", "create", mnt, "x", "--path", "../..")
+    assert outside.returncode == 1 and "bad name or path" in outside.stderr
+    assert fencefs_cli("snapshot", "delete", mnt, "before").returncode == 0
+    gone = fencefs_cli("snapshot", "show", mnt, "before")
+    assert gone.returncode == 1 and "no snapshot" in gone.stderr
+    assert json.loads(fencefs_cli("snapshot", "list", mnt, "--json").stdout) == []
