@@ -98,3 +98,14 @@ def test_delete_and_recover(tmp_path: Path) -> None:
     assert snaps.recover() == 2
     assert os.listdir(snaps.dir) == []
     assert Path(backing.abs("f")).read_text() == "x"
+
+
+def test_directories_keep_their_mode(tmp_path: Path) -> None:
+    backing, snaps = make(tmp_path / "b")
+    put(backing, "private/secret.md", "s", 1)
+    os.chmod(backing.abs("private"), 0o700)
+    os.chmod(backing.abs("private/secret.md"), 0o600)
+    snaps.create("s")
+    snap = Path(snaps.path("s"))
+    assert (snap / "private").stat().st_mode & 0o777 == 0o700
+    assert (snap / "private" / "secret.md").stat().st_mode & 0o777 == 0o600

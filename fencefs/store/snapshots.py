@@ -179,7 +179,7 @@ class Snapshots:
                     continue
                 target = os.path.join(dst, e.name)
                 if e.is_dir(follow_symlinks=False):
-                    os.mkdir(target, 0o755)
+                    _mkdir_like(target, e.stat(follow_symlinks=False))
                     stack.append((sub, e.path, target))
                 elif e.is_file(follow_symlinks=False):
                     if copy_instead(full):
@@ -268,6 +268,16 @@ class Snapshots:
             if entry.endswith(".tmp"):
                 os.unlink(os.path.join(self.meta_dir, entry))
         return count
+
+
+def _mkdir_like(path: str, st: os.stat_result) -> None:
+    """A directory of the snapshot keeps the mode (and, as root, the owner)
+    of the one it mirrors: nobody lists through a snapshot what they could
+    not list in the tree."""
+    os.mkdir(path, 0o700)
+    if os.geteuid() == 0:
+        os.chown(path, st.st_uid, st.st_gid)
+    os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
 def _copy(src: str, dst: str) -> None:
