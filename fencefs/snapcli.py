@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from fencefs import wire
+from fencefs import client, wire
 
 
 def add_parser(sub: Any) -> None:
@@ -34,6 +34,11 @@ def add_parser(sub: Any) -> None:
     sh.add_argument("mountpoint")
     sh.add_argument("name")
     sh.add_argument("--json", action="store_true")
+    r = ops.add_parser("restore", help="commit the snapshot's files back, all or none "
+                                        "(a transaction resting on what it reads now)")
+    r.add_argument("mountpoint")
+    r.add_argument("name")
+    r.add_argument("--path", default="", help="only the files under DIR")
     d = ops.add_parser("delete", help="delete a snapshot (the files are untouched)")
     d.add_argument("mountpoint")
     d.add_argument("name")
@@ -50,6 +55,38 @@ def _list(mountpoint: str) -> list[dict[str, Any]]:
     return [d for d in raw if isinstance(d, dict)]
 
 
+def _restore(mnt: str, name: str, under: str) -> int:
+    """A multi-file commit of the snapshot's files (those under ``under``):
+    each rests on the version this command reads now, so a commit landing
+    meanwhile makes it fail with a conflict, and nothing is restored."""
+    if "/" in name or name.startswith(".") or ".." in under.split("/"):
+        return _fail(f"bad snapshot name or path {name!r} {under!r}")
+    view = os.path.join(mnt, wire.SNAPSHOT_VIEW, name)
+    base = os.path.join(view, under) if under else view
+    if not os.path.isdir(base):
+        return _fail(f"{mnt}: no snapshot {name!r}" + (f" with {under!r}" if under else ""))
+    tx = client.transaction(mnt)
+    count = 0
+    for dirpath, _dirs, names in os.walk(base):
+        for n in names:
+            src = os.path.join(dirpath, n)
+            if not os.path.isfile(src) or os.path.islink(src):
+                continue
+            rel = os.path.relpath(src, view)
+            with open(src, "rb") as f:
+                data = f.read()
+            if tx.read(rel, default=b"") != data:
+                tx.write(rel, data)
+                count += 1
+    try:
+        tx.commit()
+    except client.FenceError as e:
+        return _fail(f"restore {name}: {e.reason}: {', '.join(e.moved) or e.path} moved; "
+                     f"nothing restored")
+    print(f"{name}: {count} files restored")
+    return 0
+
+
 def cmd_snapshot(args: argparse.Namespace) -> int:
     mnt = args.mountpoint
     op = args.snapshot_op
@@ -62,6 +99,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
                   f"{' under ' + path if path else ''}, cut in "
                   f"{float(info.get('seconds', 0)) * 1000:.1f} ms; "
                   f"read them under {os.path.join(mnt, wire.SNAPSHOT_VIEW, args.name)}/")
+        elif op == "restore":
+            return _restore(mnt, args.name, args.path.strip("/"))
         elif op == "delete":
             os.setxattr(mnt, wire.SNAPSHOT_DELETE, args.name.encode())
             print(f"{args.name}: deleted")

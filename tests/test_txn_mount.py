@@ -350,3 +350,17 @@ def test_snapshot_cli(mount: Mount) -> None:
     gone = fencefs_cli("snapshot", "show", mnt, "before")
     assert gone.returncode == 1 and "no snapshot" in gone.stderr
     assert json.loads(fencefs_cli("snapshot", "list", mnt, "--json").stdout) == []
+
+
+def test_snapshot_restore_is_one_fenced_commit(mount: Mount) -> None:
+    mount.seed("a.md", "a1\n")
+    mount.seed("b.md", "b1\n")
+    mnt = str(mount.mnt)
+    assert fencefs_cli("snapshot", "create", mnt, "s").returncode == 0
+    mount.seed("a.md", "a2\n")
+    mount.seed("b.md", "b2\n")
+    done = fencefs_cli("snapshot", "restore", mnt, "s")
+    assert done.returncode == 0 and "2 files restored" in done.stdout, done.stderr
+    texts = [Path(mount.path(f)).read_text() for f in ("a.md", "b.md")]
+    assert texts == ["a1\n", "b1\n"]
+    assert events(mount, "txn-commit")[-1]["files"] == ["a.md", "b.md"]
