@@ -332,6 +332,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{head} {_shown(claim.identity)[-20:]:20} {claim.pid:>7} "
                   f"{claim.kind:5} {rests:10} {lease}")
             head = " " * 55
+    if not args.files:
+        snapcli.print_summary(args.mountpoint)  # the mount's snapshots, one line
     return 0
 
 

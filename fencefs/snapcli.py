@@ -45,6 +45,19 @@ def add_parser(sub: Any) -> None:
     sp.set_defaults(func=cmd_snapshot)
 
 
+def print_summary(mountpoint: str) -> None:
+    """``fencefs status``'s line about snapshots (nothing on an older daemon)."""
+    try:
+        snaps = _list(mountpoint)
+    except (OSError, ValueError):
+        return
+    names = ", ".join(str(s.get("name")) for s in snaps[:10])
+    more = f" and {len(snaps) - 10} more" if len(snaps) > 10 else ""
+    files = sum(int(s.get("files", 0)) for s in snaps)
+    print(f"snapshots: {len(snaps)}" + (f" ({names}{more}; {files} files linked)"
+                                        if snaps else ""))
+
+
 def _fail(message: str) -> int:
     print(f"fencefs: {message}", file=sys.stderr)
     return 1

@@ -338,6 +338,8 @@ def test_snapshot_cli(mount: Mount) -> None:
     mount.seed("plan.md", "v2\n")
     listed = fencefs_cli("snapshot", "list", mnt)
     assert listed.stdout.startswith("before\t"), listed.stdout
+    status = fencefs_cli("status", mnt)
+    assert "snapshots: 1 (before; 1 files linked)" in status.stdout, status.stdout
     shown = fencefs_cli("snapshot", "show", mnt, "before")
     assert "plan.md\tversion 1\tepoch 0" in shown.stdout
     again = fencefs_cli("snapshot", "create", mnt, "before")
