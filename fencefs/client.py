@@ -776,6 +776,10 @@ class Transaction:
             if self.deletes:
                 with open(os.path.join(stage, wire.DELETE_LIST), "w") as f:
                     f.write("".join(f"{k}\n" for k in sorted(self.deletes)))
+            rests = {k: v for k, v in self.reads.items() if k in self.writes or k in self.deletes}
+            if rests:  # exactly what this transaction read, missing files included
+                with open(os.path.join(stage, wire.RESTS_LIST), "wb") as f:
+                    f.write(wire.format_rests(rests))
             try:
                 os.setxattr(stage, wire.COMMIT, b"1")
             except OSError as e:

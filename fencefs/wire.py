@@ -31,11 +31,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "CLAIM", "CLAIMS", "COMMIT", "DELETE_LIST", "EPOCH", "POLICY", "PREFIX", "READABLE",
-    "RECLAIM", "RECLAIM_AGENT", "RECLAIM_EXPIRED", "RENEW", "RESULT", "SNAPSHOTS",
+    "RECLAIM", "RECLAIM_AGENT", "RECLAIM_EXPIRED", "RENEW", "RESTS_LIST", "RESULT", "SNAPSHOTS",
     "SNAPSHOT_CREATE", "SNAPSHOT_DELETE", "SNAPSHOT_VIEW", "STATUS", "TXN_DIR", "VERSION",
     "ClaimInfo", "MountInfo", "StatusClaim", "StatusEntry",
-    "format_claim", "format_claims", "format_snapshot", "format_status", "is_control",
-    "mount_at", "parse_claims", "parse_mountinfo", "parse_result", "parse_snapshot",
+    "format_claim", "format_claims", "format_rests", "format_snapshot", "format_status",
+    "is_control", "mount_at", "parse_claims", "parse_mountinfo", "parse_rests", "parse_result",
+    "parse_snapshot",
     "parse_status", "read_mountinfo", "unescape_mountinfo",
 ]
 
@@ -62,6 +63,30 @@ SNAPSHOTS = PREFIX + "snapshots"  # on the root, read: every snapshot, as a JSON
 TXN_DIR = ".fencefs/txn"  # staging directories, under the mount
 SNAPSHOT_VIEW = ".fencefs/snapshots"  # snapshots, read-only, under the mount
 DELETE_LIST = ".fencefs-delete"  # in a staging directory: paths to delete, one a line
+# In a staging directory, optional: what members rest on, one line each,
+# "PATH<TAB>VERSION<TAB>EPOCH", or "PATH<TAB>-" for a file that must not exist.
+RESTS_LIST = ".fencefs-rests"
+
+
+def format_rests(rests: dict[str, tuple[int, int] | None]) -> bytes:
+    return "".join(f"{p}\t-\n" if r is None else f"{p}\t{r[0]}\t{r[1]}\n"
+                   for p, r in sorted(rests.items())).encode()
+
+
+def parse_rests(text: str) -> dict[str, tuple[int, int] | None]:
+    """The lines of ``RESTS_LIST``; ValueError for a line that does not parse."""
+    out: dict[str, tuple[int, int] | None] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) == 2 and fields[1] == "-":
+            out[fields[0]] = None
+        elif len(fields) == 3:
+            out[fields[0]] = (int(fields[1]), int(fields[2]))
+        else:
+            raise ValueError(f"bad line in {RESTS_LIST}: {line!r}")
+    return out
 
 FSTYPE = "fuse.fencefs"  # the filesystem type a fencefs mount shows in mountinfo
 

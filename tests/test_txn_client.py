@@ -110,3 +110,17 @@ def test_fallback_conflict_and_bad_paths(tmp_path: Path) -> None:
         tx2.read("a.md")
         tx2.delete("a.md")
     assert not (tmp_path / "a.md").exists()
+
+
+def test_two_transactions_creating_one_file_second_conflicts(mount: Mount) -> None:
+    """A file read as missing must still be missing at the commit (the
+    client says what it read in the staging directory's .fencefs-rests)."""
+    first, second = client.transaction(mount.mnt), client.transaction(mount.mnt)
+    for tx in (first, second):
+        assert tx.read("new.md", default=b"") == b""
+        tx.write("new.md", f"by {id(tx)}")
+    first.commit()
+    with pytest.raises(client.FenceConflict) as info:
+        second.commit()
+    assert info.value.moved == ("new.md",)
+    assert Path(mount.path("new.md")).read_text() == f"by {id(first)}"

@@ -47,9 +47,11 @@ from fencefs.engine.journaling import Journaling
 from fencefs.store.backing import META_DIR, Fingerprint
 from fencefs.store.drafts import DRAFT_XATTR, Draft, Drafts, close_quietly
 from fencefs.store.txn import STAGING, Item, TxnStore, delete_marker, new_id
-from fencefs.wire import DELETE_LIST
+from fencefs.wire import DELETE_LIST, RESTS_LIST, parse_rests
 
 log = logging.getLogger("fencefs.engine")
+
+Rests = dict[str, tuple[int, int] | None]
 
 OWNER_XATTR = "user.fencefs.txn-owner"
 
@@ -112,10 +114,13 @@ class Transactions:
         except OSError:
             return ""
 
-    def _collect(self, root: str) -> tuple[list[tuple[str, str]], list[str]]:
-        """(target, staged path) of every staged file, and the deletes."""
+    def _collect(self, root: str) -> tuple[list[tuple[str, str]], list[str], Rests]:
+        """(target, staged path) of every staged file, the deletes, and what
+        members rest on if the stager said so (RESTS_LIST; else the owner's
+        observations)."""
         writes: list[tuple[str, str]] = []
         deletes: list[str] = []
+        rests: Rests = {}
         stack = [""]
         while stack:
             sub = stack.pop()
@@ -128,6 +133,12 @@ class Transactions:
                 elif not sub and e.name == DELETE_LIST and e.is_file(follow_symlinks=False):
                     with open(e.path, encoding="utf-8", errors="surrogateescape") as f:
                         deletes += [line.strip() for line in f if line.strip()]
+                elif not sub and e.name == RESTS_LIST and e.is_file(follow_symlinks=False):
+                    with open(e.path, encoding="utf-8", errors="surrogateescape") as f:
+                        try:
+                            rests = parse_rests(f.read())
+                        except ValueError as err:
+                            raise BadValue(str(err)) from None
                 elif e.is_file(follow_symlinks=False):
                     writes.append((check_target(target), f"{root}/{target}"))
                 else:
@@ -135,7 +146,7 @@ class Transactions:
                                    f"file (symlinks and devices cannot be members)")
         for path in deletes:
             check_target(path)
-        return writes, deletes
+        return writes, deletes, rests
 
     def _check(self, writes: list[tuple[str, str]], deletes: list[str],
                may_write: Callable[[str], bool]) -> None:
@@ -222,7 +233,7 @@ class Transactions:
         if owner != caller.identity:
             raise OSError(errno.EPERM, f"{root!r} belongs to {owner or 'nobody'}")
         try:
-            writes, deletes = self._collect(root)
+            writes, deletes, rests = self._collect(root)
             self._check(writes, deletes, may_write)
         except (BadValue, OSError) as e:
             self.journaling.record("txn-invalid", root, identity=caller.identity,
@@ -257,7 +268,7 @@ class Transactions:
             except FileNotFoundError:
                 file = None
             states[item.target] = file
-            members.append(self._member(item, file, caller.identity))
+            members.append(self._member(item, file, caller.identity, rests))
         try:
             planned = await self.coord.commit_many(
                 states, members, caller.identity,
@@ -321,7 +332,14 @@ class Transactions:
         tomb = self.files.tombstones.get(target)
         return tomb[0] if tomb is not None else 0
 
-    def _member(self, item: Item, file: FileState | None, identity: str) -> Member:
+    def _member(self, item: Item, file: FileState | None, identity: str,
+                rests: Rests) -> Member:
+        if item.target in rests:  # the stager said what it read
+            said = rests[item.target]
+            if said is not None:
+                return Member(item.target, said[0], said[1], delete=item.delete)
+            if file is not None:  # read as missing, exists now: conflicts
+                return Member(item.target, -1, file.epoch, exists=False, delete=item.delete)
         if file is None:
             tomb = self.files.tombstones.get(item.target)
             version, epoch = (tomb[0], tomb[1]) if tomb is not None else (0, 0)
@@ -373,10 +391,11 @@ class Transactions:
         """The staging directory holds nothing afterwards (its subdirectories
         and the delete list go too)."""
         base = self.backing.abs(root)
-        try:
-            os.unlink(os.path.join(base, DELETE_LIST))
-        except FileNotFoundError:
-            pass
+        for name in (DELETE_LIST, RESTS_LIST):
+            try:
+                os.unlink(os.path.join(base, name))
+            except FileNotFoundError:
+                pass
         for dirpath, dirnames, _ in os.walk(base, topdown=False):
             for d in dirnames:
                 try:
