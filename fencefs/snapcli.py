@@ -51,11 +51,12 @@ def print_summary(mountpoint: str) -> None:
         snaps = _list(mountpoint)
     except (OSError, ValueError):
         return
+    if not snaps:
+        return  # nothing to say: status stays as it was
     names = ", ".join(str(s.get("name")) for s in snaps[:10])
     more = f" and {len(snaps) - 10} more" if len(snaps) > 10 else ""
     files = sum(int(s.get("files", 0)) for s in snaps)
-    print(f"snapshots: {len(snaps)}" + (f" ({names}{more}; {files} files linked)"
-                                        if snaps else ""))
+    print(f"snapshots: {len(snaps)} ({names}{more}; {files} files linked)")
 
 
 def _fail(message: str) -> int:
