@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from fencefs import wire
+from fencefs import snapcli, wire
 from fencefs.mounting import (
     UsageError,
     apply_options,
@@ -332,6 +332,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{head} {_shown(claim.identity)[-20:]:20} {claim.pid:>7} "
                   f"{claim.kind:5} {rests:10} {lease}")
             head = " " * 55
+    if not args.files:
+        snapcli.print_summary(args.mountpoint)  # the mount's snapshots, one line
     return 0
 
 
@@ -442,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("file", nargs="?")
     lg.add_argument("--json", action="store_true")
     lg.set_defaults(func=cmd_log)
+
+    snapcli.add_parser(sub)  # fencefs snapshot create|list|show|delete (snapcli.py)
     return parser
 
 
@@ -452,7 +456,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"fencefs: {message} (see {self.prog} --help)\n")
 
 
-COMMANDS = ("mount", "unmount", "status", "reclaim", "log")
+COMMANDS = ("mount", "unmount", "status", "reclaim", "log", "snapshot")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

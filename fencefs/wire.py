@@ -30,12 +30,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
-    "CLAIM", "CLAIMS", "EPOCH", "POLICY", "PREFIX", "READABLE", "RECLAIM",
-    "RECLAIM_AGENT", "RECLAIM_EXPIRED", "RENEW", "STATUS", "VERSION",
+    "CLAIM", "CLAIMS", "COMMIT", "DELETE_LIST", "EPOCH", "POLICY", "PREFIX", "READABLE",
+    "RECLAIM", "RECLAIM_AGENT", "RECLAIM_EXPIRED", "RENEW", "RESTS_LIST", "RESULT", "SNAPSHOTS",
+    "SNAPSHOT_CREATE", "SNAPSHOT_DELETE", "SNAPSHOT_VIEW", "STATUS", "TXN_DIR", "VERSION",
     "ClaimInfo", "MountInfo", "StatusClaim", "StatusEntry",
-    "format_claim", "format_claims", "format_status", "is_control", "mount_at",
-    "parse_claims", "parse_mountinfo", "parse_status", "read_mountinfo",
-    "unescape_mountinfo",
+    "format_claim", "format_claims", "format_rests", "format_snapshot", "format_status",
+    "is_control", "mount_at", "parse_claims", "parse_mountinfo", "parse_rests", "parse_result",
+    "parse_snapshot",
+    "parse_status", "read_mountinfo", "unescape_mountinfo",
 ]
 
 # -- attribute names -----------------------------------------------------------
@@ -52,8 +54,65 @@ STATUS = PREFIX + "status"  # on the mount's root: every file with claims, as JS
 RECLAIM_EXPIRED = PREFIX + "reclaim-expired"  # on the root: value 1
 RECLAIM_AGENT = PREFIX + "reclaim-agent"  # on the root: value is an identity
 READABLE = (VERSION, EPOCH, CLAIMS, CLAIM, POLICY)
+# Multi-file commits and snapshots (docs/guide.md, "Several files at once").
+COMMIT = PREFIX + "commit"  # on MOUNT/.fencefs/txn/NAME: value 1
+RESULT = PREFIX + "result"  # on MOUNT/.fencefs/txn/NAME, read: "ERRNAME text" of the last commit
+SNAPSHOT_CREATE = PREFIX + "snapshot-create"  # on the root: NAME, or NAME newline DIR
+SNAPSHOT_DELETE = PREFIX + "snapshot-delete"  # on the root: NAME
+SNAPSHOTS = PREFIX + "snapshots"  # on the root, read: every snapshot, as a JSON list
+TXN_DIR = ".fencefs/txn"  # staging directories, under the mount
+SNAPSHOT_VIEW = ".fencefs/snapshots"  # snapshots, read-only, under the mount
+DELETE_LIST = ".fencefs-delete"  # in a staging directory: paths to delete, one a line
+# In a staging directory, optional: what members rest on, one line each,
+# "PATH<TAB>VERSION<TAB>EPOCH", or "PATH<TAB>-" for a file that must not exist.
+RESTS_LIST = ".fencefs-rests"
+
+
+def format_rests(rests: dict[str, tuple[int, int] | None]) -> bytes:
+    return "".join(f"{p}\t-\n" if r is None else f"{p}\t{r[0]}\t{r[1]}\n"
+                   for p, r in sorted(rests.items())).encode()
+
+
+def parse_rests(text: str) -> dict[str, tuple[int, int] | None]:
+    """The lines of ``RESTS_LIST``; ValueError for a line that does not parse."""
+    out: dict[str, tuple[int, int] | None] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) == 2 and fields[1] == "-":
+            out[fields[0]] = None
+        elif len(fields) == 3:
+            out[fields[0]] = (int(fields[1]), int(fields[2]))
+        else:
+            raise ValueError(f"bad line in {RESTS_LIST}: {line!r}")
+    return out
 
 FSTYPE = "fuse.fencefs"  # the filesystem type a fencefs mount shows in mountinfo
+
+
+def format_snapshot(name: str, under: str = "") -> bytes:
+    """The value of ``snapshot-create``: the name, then the directory if any."""
+    return (name + (f"\n{under}" if under else "")).encode()
+
+
+def parse_snapshot(value: bytes) -> tuple[str, str]:
+    """``NAME`` or ``NAME\nDIR`` (the name is checked by the store)."""
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        raise ValueError("snapshot: not UTF-8") from None
+    name, _, under = text.partition("\n")
+    return name, under
+
+
+def parse_result(raw: bytes | str) -> tuple[str, str, list[str]]:
+    """``user.fencefs.result``: (errno name or "ok", reason word, moved files)."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    code, _, rest = text.partition(" ")
+    reason, _, detail = rest.partition(" ")
+    moved = detail[len("moved="):].split(",") if detail.startswith("moved=") else []
+    return code, reason, [m for m in moved if m]
 
 
 def is_control(name: str) -> bool:

@@ -155,7 +155,8 @@ def test_user_xattrs_pass_through_and_survive_commits(mount: Mount) -> None:
 def test_meta_dir_is_read_only_and_drafts_hidden(mount: Mount) -> None:
     with open(mount.path("f"), "w") as f:
         f.write("x")
-    assert sorted(os.listdir(mount.path(".fencefs"))) == ["journal.jsonl", "rejected"]
+    assert sorted(os.listdir(mount.path(".fencefs"))) == [
+        "journal.jsonl", "rejected", "snapshot-meta", "snapshots", "txn"]
     with open(mount.path(".fencefs/journal.jsonl")) as f:
         assert '"event":"commit"' in f.read()
     for action in (
@@ -164,6 +165,8 @@ def test_meta_dir_is_read_only_and_drafts_hidden(mount: Mount) -> None:
         lambda: os.unlink(mount.path(".fencefs/journal.jsonl")),
         lambda: os.mkdir(mount.path(".fencefs/x")),
         lambda: os.rename(mount.path("f"), mount.path(".fencefs/f")),
+        lambda: open(mount.path(".fencefs/snapshots/new"), "w"),
+        lambda: os.rmdir(mount.path(".fencefs/txn")),
     ):
         with pytest.raises(OSError) as info:
             action()

@@ -11,6 +11,7 @@ from fencefs.core.model import POLICIES, Claim, FileState
 from fencefs.wire import (  # noqa: F401 - the names the handlers use, from the one wire module
     CLAIM,
     CLAIMS,
+    COMMIT,
     EPOCH,
     POLICY,
     PREFIX,
@@ -19,6 +20,10 @@ from fencefs.wire import (  # noqa: F401 - the names the handlers use, from the 
     RECLAIM_AGENT,
     RECLAIM_EXPIRED,
     RENEW,
+    RESULT,
+    SNAPSHOT_CREATE,
+    SNAPSHOT_DELETE,
+    SNAPSHOTS,
     STATUS,
     VERSION,
     ClaimInfo,
@@ -27,6 +32,7 @@ from fencefs.wire import (  # noqa: F401 - the names the handlers use, from the 
     format_claims,
     format_status,
     is_control,
+    parse_snapshot,
 )
 
 
