@@ -54,6 +54,9 @@ def serve(
 ) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns exit code."""
     _raise_fd_limit()
+    # Nodes are made with exactly the mode the caller's kernel passed (its
+    # umask already applied): the daemon's own umask must not mask it again.
+    os.umask(0)
     ops = FenceOperations(backing, durable=durable, scope=scope,
                           max_observations=max_observations, default_policy=policy,
                           lease_ttl=lease_ttl, wait=wait, sweep_after=sweep_after,
@@ -64,7 +67,8 @@ def serve(
     pyfuse3.init(ops, mountpoint, mount_options(ops.backing.root, allow_other=allow_other,
                                                 debug=debug))
     ops.mount_id = mount_id_of(mountpoint)
-    with open(pid_file(ops.backing.root), "w") as f:
+    with open(os.open(pid_file(ops.backing.root), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                      0o644), "w") as f:
         f.write(f"{os.getpid()}\n{os.path.abspath(mountpoint)}\n")
     clean = False
     try:

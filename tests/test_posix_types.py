@@ -232,7 +232,11 @@ def _deep(root: Path) -> tuple[int, str]:
         nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
         os.close(fd)
         fd = nxt
-    return fd, "/".join(["e" * 200] * 15)  # about 3,000 bytes below it
+    rel = "/".join(["e" * 200] * 15)  # about 3,000 bytes below it
+    parts = rel.split("/")
+    for i in range(1, len(parts) + 1):
+        os.mkdir("/".join(parts[:i]), dir_fd=fd)
+    return fd, rel
 
 
 def path_max(root: Path, outside: Path) -> list[Outcome]:
@@ -241,9 +245,6 @@ def path_max(root: Path, outside: Path) -> list[Outcome]:
     out: list[Outcome] = []
     base, rel = _deep(root)
     try:
-        parts = rel.split("/")
-        for i in range(1, len(parts) + 1):
-            os.mkdir("/".join(parts[:i]), dir_fd=base)
         f = f"{rel}/" + "f" * 50
         assert len(f) < PATH_MAX
         at = {"dir_fd": base}
@@ -328,23 +329,14 @@ def setgid_on_create(root: Path, outside: Path) -> list[Outcome]:
 
 # -- the comparisons ------------------------------------------------------------
 
-_SYMLINKS_EPERM = "fencefs refuses symlinks leading outside the mount with EPERM (issue 17)"
-_ELOOP = "fencefs's readlink answers EPERM for a loop of links, where POSIX says ELOOP"
-_DEVICES_EPERM = "fencefs refuses device nodes with EPERM (issue 17)"
-_LONG_PATHS = "the daemon builds backing paths longer than PATH_MAX (issue 17)"
-_SETGID = "the daemon chowns a new file after creating it, which clears S_ISGID (issue 17)"
-_UMASK = "the daemon applies its own umask 022 on top of the caller's (issue 17)"
-
 SCENARIOS = [
-    pytest.param(symlinks_any_target, marks=pytest.mark.xfail(reason=_SYMLINKS_EPERM,
-                                                              strict=True)),
-    pytest.param(symlink_loops_and_bad_names, marks=pytest.mark.xfail(reason=_ELOOP,
-                                                                      strict=True)),
+    pytest.param(symlinks_any_target),
+    pytest.param(symlink_loops_and_bad_names),
     pytest.param(fifos_and_sockets),
-    pytest.param(devices, marks=pytest.mark.xfail(reason=_DEVICES_EPERM, strict=True)),
+    pytest.param(devices),
     pytest.param(name_max),
-    pytest.param(setgid_on_create, marks=pytest.mark.xfail(reason=_SETGID, strict=True)),
-    pytest.param(path_max, marks=pytest.mark.xfail(reason=_LONG_PATHS, strict=True)),
+    pytest.param(setgid_on_create),
+    pytest.param(path_max),
 ]
 
 
@@ -359,8 +351,8 @@ def test_same_as_plain_directory(scenario: Callable[[Path, Path], list[Outcome]]
 
 @pytest.mark.parametrize("mask", [
     pytest.param(0o022),
-    pytest.param(0o002, marks=pytest.mark.xfail(reason=_UMASK, strict=True)),
-    pytest.param(0o000, marks=pytest.mark.xfail(reason=_UMASK, strict=True)),
+    pytest.param(0o002),
+    pytest.param(0o000),
     pytest.param(0o077),
 ])
 def test_modes_on_create_follow_the_umask(mask: int, mount: Mount, tmp_path: Path) -> None:
@@ -387,7 +379,6 @@ def test_a_fifo_opened_for_writing_is_no_commit(mount: Mount) -> None:
     assert [e for e in mount.journal() if e.get("file") == "fifo"] == []
 
 
-@pytest.mark.xfail(reason=_LONG_PATHS, strict=True)
 def test_long_path_conflict_keeps_a_rejected_copy(mount: Mount) -> None:
     """A conflict deep below PATH_MAX, on a NAME_MAX name: EAGAIN, and the
     rejected bytes and the journal's record of them are kept."""
@@ -399,11 +390,11 @@ def test_long_path_conflict_keeps_a_rejected_copy(mount: Mount) -> None:
         os.close(fd)
         slow = os.open(name, os.O_RDWR, dir_fd=base)
         os.read(slow, 10)
+        os.write(slow, b"slow")
         fast = os.open(name, os.O_WRONLY | os.O_TRUNC, dir_fd=base)
         os.write(fast, b"fast")
         os.close(fast)
-        os.write(slow, b"slow")  # its claim rests on the version before "fast"
-        with pytest.raises(OSError) as info:
+        with pytest.raises(OSError) as info:  # slow's claim rests on the version before
             os.close(slow)
         assert info.value.errno == errno.EAGAIN
         fd = os.open(name, os.O_RDONLY, dir_fd=base)

@@ -65,8 +65,7 @@ class ControlAttributes:
             files = [f for f in self.coord.files() if access.may(f.path, READ)]
             return control.status_of(files, time.monotonic(), self.coord.policy_of)
         if not control.is_control(text):  # e.g. security.capability, asked at every write
-            return os.getxattr(self.backing.abs(self.inodes.path(inode)), name,
-                               follow_symlinks=False)
+            return self.backing.tree.getxattr(self.inodes.path(inode), name)
         _, file = self._regular_state(inode)
         if file is None or text not in control.READABLE:
             raise pyfuse3.FUSEError(errno.ENODATA)
@@ -76,8 +75,7 @@ class ControlAttributes:
 
     async def list(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         rel, file = self._regular_state(inode)
-        names = [os.fsencode(n) for n in os.listxattr(self.backing.abs(rel),
-                                                       follow_symlinks=False)
+        names = [os.fsencode(n) for n in self.backing.tree.listxattr(rel)
                  if not control.is_control(n)]
         if file is not None:
             names += [n.encode() for n in control.READABLE]
@@ -89,7 +87,7 @@ class ControlAttributes:
         rel, file = self._regular_state(inode)
         if not control.is_control(text):
             paths.refuse_meta(rel)
-            os.setxattr(self.backing.abs(rel), name, value, follow_symlinks=False)
+            self.backing.tree.setxattr(rel, name, value)
             return
         caller = self.ids.resolve(ctx.pid)
         if inode == ROOT and text in (control.RECLAIM_EXPIRED, control.RECLAIM_AGENT):
@@ -153,4 +151,4 @@ class ControlAttributes:
         if control.is_control(text):
             raise pyfuse3.FUSEError(errno.EINVAL)
         paths.refuse_meta(rel)
-        os.removexattr(self.backing.abs(rel), name, follow_symlinks=False)
+        self.backing.tree.removexattr(rel, name)

@@ -251,17 +251,20 @@ class Tree:
         with self.parent(new) as (nfd, nname):
             os.rename(src_name, nname, src_dir_fd=src_dir_fd, dst_dir_fd=nfd)
 
-    def listdir(self, rel: str) -> list[tuple[str, os.stat_result | None]]:
-        """Names with their lstat (None if the entry vanished meanwhile)."""
+    def listdir(self, rel: str, *, stats: bool = True
+                ) -> list[tuple[str, os.stat_result | None]]:
+        """Names with their lstat (None if the entry vanished meanwhile, or
+        if ``stats`` is false)."""
         fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
         out: list[tuple[str, os.stat_result | None]] = []
         try:
             for name in os.listdir(fd):
-                try:
-                    st: os.stat_result | None = os.stat(name, dir_fd=fd,
-                                                        follow_symlinks=False)
-                except FileNotFoundError:
-                    st = None
+                st: os.stat_result | None = None
+                if stats:
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        pass
                 out.append((name, st))
         finally:
             os.close(fd)
