@@ -115,6 +115,7 @@ class FenceOperations(pyfuse3.Operations):
         """Background upkeep: drop claims of identities that have exited."""
         while True:
             await trio.sleep(interval)
+            await self.journaling.flush_namespace()
             self.prune_identities()
             if self.sweep_after is not None:
                 await self.commits.sweep(time.monotonic(), self.sweep_after)
@@ -193,7 +194,17 @@ class FenceOperations(pyfuse3.Operations):
         rel = paths.child(self.inodes, parent_inode, name)
         if paths.is_hidden(rel):
             raise pyfuse3.FUSEError(errno.ENOENT)
-        st = self._lstat(rel)
+        try:
+            st = self.backing.lstat(rel)
+        except FileNotFoundError:
+            # A negative entry the kernel may keep as long as a positive one
+            # (a create, mkdir or rename through the mount replaces it at
+            # once): programs probe for many names that are not there (git,
+            # Python's imports, shells searching PATH).
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = _ENTRY_TIMEOUT
+            return negative
         if stat.S_ISREG(st.st_mode) and not paths.is_meta(rel):
             self.files.file(rel, st)
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
@@ -346,6 +357,7 @@ class FenceOperations(pyfuse3.Operations):
         # (empty) content through. The mode is exactly the one asked for.
         fd = self.backing.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL,
                                stat.S_IMODE(mode) & ~ctx.umask)
+        self.journaling.namespace_changed(paths.parent_of(rel))
         try:
             self._own_fd(fd, rel, ctx, stat.S_IMODE(mode) & ~ctx.umask)
             st = os.fstat(fd)
@@ -451,8 +463,10 @@ class FenceOperations(pyfuse3.Operations):
     def _owner(self, rel: str, ctx: pyfuse3.RequestContext) -> tuple[int, int] | None:
         """Who a new node belongs to: the caller, with the group of a setgid
         directory it is made in (as the backing filesystem already set it).
-        None when the daemon cannot give nodes away (not root)."""
-        if os.geteuid() != 0:
+        None when the node already has it (the caller is the daemon's own
+        user and group), or the daemon cannot give nodes away (not root)."""
+        euid = os.geteuid()
+        if euid != 0 or (ctx.uid, ctx.gid) == (euid, os.getegid()):
             return None
         parent = self.backing.lstat(paths.parent_of(rel))
         return ctx.uid, -1 if parent.st_mode & stat.S_ISGID else ctx.gid
@@ -478,6 +492,7 @@ class FenceOperations(pyfuse3.Operations):
         wanted = stat.S_IMODE(mode) & ~ctx.umask
         self.backing.tree.mkdir(rel, wanted)
         self._own(rel, ctx, wanted)
+        self.journaling.namespace_changed(paths.parent_of(rel))
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         return self._attrs(node.ino, self._lstat(rel))
 
@@ -485,6 +500,7 @@ class FenceOperations(pyfuse3.Operations):
         rel = paths.child(self.inodes, parent_inode, name)
         paths.refuse_meta(rel)
         self.backing.tree.rmdir(rel)
+        self.journaling.namespace_changed(paths.parent_of(rel))
         self.inodes.unlinked(parent_inode, os.fsdecode(name))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -499,6 +515,7 @@ class FenceOperations(pyfuse3.Operations):
         paths.refuse_meta(rel)
         self.backing.tree.symlink(target, rel)
         self._own(rel, ctx, 0)
+        self.journaling.namespace_changed(paths.parent_of(rel))
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         return self._attrs(node.ino, self._lstat(rel))
 
@@ -513,6 +530,7 @@ class FenceOperations(pyfuse3.Operations):
         wanted = stat.S_IMODE(mode) & ~ctx.umask
         self.backing.tree.mknod(rel, kind | wanted, rdev)
         self._own(rel, ctx, wanted)
+        self.journaling.namespace_changed(paths.parent_of(rel))
         st = self._lstat(rel)
         if stat.S_ISREG(st.st_mode):
             self.files.file(rel, st)
@@ -565,8 +583,8 @@ class FenceOperations(pyfuse3.Operations):
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         inode, _ = self._dirs[fh]
-        if self.durable:  # off the event loop: an fsync can take milliseconds
-            await trio.to_thread.run_sync(self.backing.sync_dir, self.inodes.path(inode))
+        # off the event loop, with every namespace change still pending
+        await self.journaling.durable_dir(self.inodes.path(inode))
 
     # -- unlink and rename: path commits -------------------------------------
 
@@ -576,11 +594,11 @@ class FenceOperations(pyfuse3.Operations):
         st = self._lstat(rel)
         if not stat.S_ISREG(st.st_mode):
             self.backing.tree.unlink(rel)
-            self.inodes.unlinked(parent_inode, os.fsdecode(name))
-            return
-        await self.commits.unlink(self.files.file(rel, st), self.ids.resolve(ctx.pid))
+        else:
+            await self.commits.unlink(self.files.file(rel, st), self.ids.resolve(ctx.pid))
         self.inodes.unlinked(parent_inode, os.fsdecode(name))
-        await self.journaling.durable_dir(os.path.dirname(rel))
+        # A namespace change, not a close or fsync: synced with the next one.
+        self.journaling.namespace_changed(paths.parent_of(rel))
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
@@ -613,9 +631,10 @@ class FenceOperations(pyfuse3.Operations):
         self._content_changed(new)
         self.handles.moved(old, new)
         self.shared.moved(moving, old, new)  # in-place handles follow (engine/shared.py)
-        await self.journaling.durable_dir(os.path.dirname(new))
-        if os.path.dirname(old) != os.path.dirname(new):
-            await self.journaling.durable_dir(os.path.dirname(old))
+        # Namespace changes, synced with the next close, fsync or upkeep round.
+        if stat.S_ISDIR(src_st.st_mode):
+            self.journaling.namespace_moved(old, new)
+        self.journaling.namespace_changed(paths.parent_of(old), paths.parent_of(new))
 
     # -- extended attributes: claim state and control (fuse/attributes.py) -------
 
