@@ -7,7 +7,9 @@ Wraps every request handler of the Operations instance handed to
 ``pyfuse3.init`` with a counter (one dict increment per request, the same
 cost for any filesystem it runs). On SIGUSR1 the counts so far are written to
 COUNTS.json (atomically: a temporary file renamed over it), with ``seq``, the
-number of dumps so far, so that a reader can wait for the dump it asked for.
+number of dumps so far, so that a reader can wait for the dump it asked for,
+and the seconds spent in each kind of handler (from the start of a request to
+its answer, waits included).
 Used by ``scripts/bench --workspace`` to count the requests of every step.
 """
 
@@ -20,6 +22,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +30,7 @@ from typing import Any
 import pyfuse3
 
 COUNTS: Counter[str] = Counter()
+SECONDS: Counter[str] = Counter()  # time from a request's start to its answer
 _dumps = 0
 
 
@@ -34,7 +38,11 @@ def _counted(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
     @functools.wraps(fn)
     async def handler(*args: Any, **kwargs: Any) -> Any:
         COUNTS[name] += 1
-        return await fn(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            SECONDS[name] += time.perf_counter() - start
 
     return handler
 
@@ -53,7 +61,7 @@ def _dump(path: str) -> None:
     _dumps += 1
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump({"seq": _dumps, "counts": dict(COUNTS)}, f)
+        json.dump({"seq": _dumps, "counts": dict(COUNTS), "seconds": dict(SECONDS)}, f)
     os.replace(tmp, path)
 
 

@@ -68,7 +68,9 @@ class CommitEngine:
     # -- start-up ----------------------------------------------------------------
 
     def recover(self) -> int:
-        """Put drafts orphaned by a crash away as abandoned writes."""
+        """Put drafts orphaned by a crash away as abandoned writes (and
+        delete what an earlier daemon left in the trash)."""
+        self.drafts.trash.empty()
         count = 0
         for path, meta in self.drafts.orphans():
             target = str(meta.get("path", "?"))
@@ -345,7 +347,7 @@ class CommitEngine:
         rel = file.path
 
         def install(version: int, epoch: int) -> None:
-            self.backing.tree.unlink(rel)
+            self.drafts.trash.put(rel)  # one rename; deleted off the request path
 
         await self.commit_path(file, caller, install, "unlink")
         self.files.bury(rel)  # with the version the unlink made

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from fencefs.core.model import Persisted
 from fencefs.store.backing import STATE_XATTR, Backing, Fingerprint, encode_state
+from fencefs.store.trash import Trash
 
 log = logging.getLogger("fencefs.store")
 
@@ -54,6 +55,7 @@ class Drafts:
             os.makedirs(d, mode=0o700, exist_ok=True)
         # installs rename from here onto a path the tree resolves
         self.dir_fd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.trash = Trash(backing.tree, os.path.join(backing.meta, "trash"))
 
     # -- making drafts -----------------------------------------------------
 
