@@ -78,6 +78,7 @@ def main(argv: list[str]) -> None:
     pyfuse3.init = init
     signal.signal(signal.SIGUSR1, lambda *_: _dump(counts_path))
     if rest[0] == "-m":
+        sys.path[0] = os.getcwd()  # as ``python -m`` has it (not this script's directory)
         sys.argv = [rest[1], *rest[2:]]
         runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
     else:

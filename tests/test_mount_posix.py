@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -252,3 +253,25 @@ def test_stat_sees_a_foreign_write_once_an_open_noticed_it(mount: Mount) -> None
     (mount.backing / "notes.md").write_text("a much longer foreign content\n")
     os.close(os.open(path, os.O_RDONLY))  # an open, no read (a read refreshes anyway)
     assert os.stat(path).st_size == len("a much longer foreign content\n")
+
+
+def test_unlinked_files_leave_through_the_trash(mount: Mount) -> None:
+    """An unlink takes the name away at once (a rename into .fencefs/trash/);
+    the content is deleted by the daemon's trash thread soon after, and
+    whatever a crash left in the trash is deleted at the next mount."""
+    trash = mount.backing / ".fencefs" / "trash"
+    for i in range(50):
+        mount.seed(f"f{i}", "x" * 10_000)
+    for i in range(50):
+        os.unlink(mount.path(f"f{i}"))
+        assert not os.path.exists(mount.path(f"f{i}"))
+        assert not (mount.backing / f"f{i}").exists()
+    deadline = time.monotonic() + 30
+    while os.listdir(trash):  # evidence: the trash thread emptied it
+        assert time.monotonic() < deadline, os.listdir(trash)
+        time.sleep(0.01)
+    assert sorted(os.listdir(mount.mnt)) == [".fencefs"]
+    mount.stop()
+    (trash / "left-by-a-crash").write_text("x")
+    mount.start()
+    assert os.listdir(trash) == []
