@@ -359,7 +359,7 @@ class FenceOperations(pyfuse3.Operations):
                                stat.S_IMODE(mode) & ~ctx.umask)
         self.journaling.namespace_changed(paths.parent_of(rel))
         try:
-            self._own_fd(fd, rel, ctx, stat.S_IMODE(mode) & ~ctx.umask)
+            self._own(rel, ctx, stat.S_IMODE(mode) & ~ctx.umask, fd)
             st = os.fstat(fd)
             file = self.files.file(rel, st)
         except BaseException:
@@ -460,30 +460,10 @@ class FenceOperations(pyfuse3.Operations):
 
     # -- directories, links, nodes ---------------------------------------------
 
-    def _owner(self, rel: str, ctx: pyfuse3.RequestContext) -> tuple[int, int] | None:
-        """Who a new node belongs to: the caller, with the group of a setgid
-        directory it is made in (as the backing filesystem already set it).
-        None when the node already has it (the caller is the daemon's own
-        user and group), or the daemon cannot give nodes away (not root)."""
-        euid = os.geteuid()
-        if euid != 0 or (ctx.uid, ctx.gid) == (euid, os.getegid()):
-            return None
-        parent = self.backing.lstat(paths.parent_of(rel))
-        return ctx.uid, -1 if parent.st_mode & stat.S_ISGID else ctx.gid
-
-    def _own(self, rel: str, ctx: pyfuse3.RequestContext, mode: int) -> None:
-        owner = self._owner(rel, ctx)
-        if owner is not None:
-            self.backing.tree.chown(rel, *owner)
-            if mode & (stat.S_ISUID | stat.S_ISGID):  # cleared by the chown
-                self.backing.tree.chmod(rel, mode)
-
-    def _own_fd(self, fd: int, rel: str, ctx: pyfuse3.RequestContext, mode: int) -> None:
-        owner = self._owner(rel, ctx)
-        if owner is not None:
-            os.fchown(fd, *owner)
-            if mode & (stat.S_ISUID | stat.S_ISGID):  # cleared by the chown
-                os.fchmod(fd, mode)
+    def _own(self, rel: str, ctx: pyfuse3.RequestContext, mode: int,
+             fd: int | None = None) -> None:
+        """A new node belongs to its caller, with exactly ``mode``."""
+        paths.give(self.backing, rel, ctx.uid, ctx.gid, mode, fd)
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 import pyfuse3
 
 from fencefs.fuse.inodes import InodeTable
-from fencefs.store.backing import META_DIR, parent_of
+from fencefs.store.backing import META_DIR, Backing, parent_of
 
-__all__ = ["META_DIR", "child", "is_hidden", "is_meta", "parent_of", "refuse_meta"]
+__all__ = ["META_DIR", "child", "give", "is_hidden", "is_meta", "parent_of", "refuse_meta"]
 
 # Shown through the mount, read-only; the rest of .fencefs/ is hidden.
 META_VISIBLE = {"journal.jsonl", "rejected"}
@@ -47,3 +48,27 @@ def child(inodes: InodeTable, parent: int, name: bytes) -> str:
     if "/" in text or text in (".", ".."):
         raise pyfuse3.FUSEError(errno.EINVAL)
     return inodes.child_path(parent, text)
+
+
+def give(backing: Backing, rel: str, uid: int, gid: int, mode: int,
+         fd: int | None = None) -> None:
+    """Make the new node at ``rel`` (open as ``fd``, if given) the caller's:
+    its uid and gid, or the group of a setgid directory it was made in (the
+    backing filesystem already set that). Nothing to do when the caller is
+    the daemon's own user and group, or when the daemon is not root (it
+    cannot give nodes away). A chown clears S_ISUID and S_ISGID, so a mode
+    with them is set again after it."""
+    euid = os.geteuid()
+    if euid != 0 or (uid, gid) == (euid, os.getegid()):
+        return
+    if backing.lstat(parent_of(rel)).st_mode & stat.S_ISGID:
+        gid = -1
+    if fd is not None:
+        os.fchown(fd, uid, gid)
+    else:
+        backing.tree.chown(rel, uid, gid)
+    if mode & (stat.S_ISUID | stat.S_ISGID):
+        if fd is not None:
+            os.fchmod(fd, mode)
+        else:
+            backing.tree.chmod(rel, mode)
