@@ -360,6 +360,7 @@ class CommitEngine:
         def install(version: int, epoch: int) -> None:
             fp = self.backing.write_state(
                 old, Persisted(version, epoch, target.policy), durable=False)
+            self.drafts.trash.keep(new)  # the replaced content is freed off the request path
             self.backing.tree.rename(old, new)
             self.files.fingerprints[new] = fp
             self.files.fingerprints.pop(old, None)

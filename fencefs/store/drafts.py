@@ -88,7 +88,9 @@ class Drafts:
             os.fsync(draft.fd)
 
     def install(self, draft: Draft) -> None:
-        """The atomic step: the draft becomes the file's content."""
+        """The atomic step: the draft becomes the file's content. (The
+        content it replaces is freed by the trash, off the request path.)"""
+        self.trash.keep(draft.target)
         self.backing.tree.rename_from(self.dir_fd, draft.name, draft.target)
 
     def discard(self, draft: Draft) -> None:

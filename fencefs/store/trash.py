@@ -37,6 +37,23 @@ class Trash:
         name = f"{os.getpid()}-{next(self._seq)}"
         with self.tree.parent(rel) as (fd, last):
             os.rename(last, name, src_dir_fd=fd, dst_dir_fd=self.dir_fd)
+        self._queue_name(name)
+
+    def keep(self, rel: str) -> None:
+        """Before a rename replaces the file at ``rel``: a second link to it
+        in the trash, so that the rename frees nothing (the blocks go with
+        the trash's link, off the request path). Best effort: without the
+        link the rename frees the file itself, as it would anyway."""
+        name = f"{os.getpid()}-{next(self._seq)}"
+        try:
+            with self.tree.parent(rel) as (fd, last):
+                os.link(last, name, src_dir_fd=fd, dst_dir_fd=self.dir_fd,
+                        follow_symlinks=False)
+        except OSError:
+            return
+        self._queue_name(name)
+
+    def _queue_name(self, name: str) -> None:
         with self._wake:
             self._queue.append(name)
             self._wake.notify()
