@@ -35,6 +35,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
+from fencefs import wire
+from fencefs.wire import ClaimInfo
+
 __all__ = [
     "ClaimBusy",
     "ClaimInfo",
@@ -54,9 +57,7 @@ __all__ = [
     "update",
 ]
 
-PREFIX = "user.fencefs."
-VERSION_ATTR = PREFIX + "version"
-EPOCH_ATTR = PREFIX + "epoch"
+VERSION_ATTR, EPOCH_ATTR = wire.VERSION, wire.EPOCH
 SIDECAR_SUFFIX = ".fencefs-version"  # the fallback's version file: .NAME.fencefs-version
 LOCK_NAME = ".fencefs-local.lock"  # the fallback's lock, one per directory
 _TMP_MARK = ".fencefs-tmp."
@@ -163,18 +164,6 @@ class Versioned(NamedTuple):
 
 
 @dataclass(frozen=True)
-class ClaimInfo:
-    """One claim line of ``user.fencefs.claims``."""
-
-    identity: str
-    kind: str
-    version: int
-    epoch: int
-    pid: int
-    lease: float | None  # wall-clock expiry of a write claim's lease; None for reads
-
-
-@dataclass(frozen=True)
 class ClaimState:
     """A file's claim state. ``fencefs`` is False under the local fallback,
     which keeps versions and epochs but no claims (``claims`` and ``own`` are
@@ -211,17 +200,10 @@ def is_fencefs(path: str | os.PathLike[str]) -> bool:
             p = parent
     dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) < 3 or fields[2] != dev:
-                    continue
-                sep = fields.index("-") if "-" in fields else -1
-                if sep >= 0 and sep + 1 < len(fields) and fields[sep + 1] == "fuse.fencefs":
-                    return True
+        mounts = wire.read_mountinfo()
     except OSError:
         return False
-    return False
+    return any(m.device == dev and m.fstype == wire.FSTYPE for m in mounts)
 
 
 # -- the transaction both backends provide -------------------------------------
@@ -646,7 +628,7 @@ def reclaim(path: str | os.PathLike[str]) -> int:
     """
     p = os.fspath(path)
     if is_fencefs(p):
-        os.setxattr(p, PREFIX + "reclaim", b"1")
+        os.setxattr(p, wire.RECLAIM, b"1")
         return _xattr_int(p, EPOCH_ATTR)
     with _dir_lock(p, fcntl.LOCK_EX):
         state = _local_state(p)
@@ -656,30 +638,17 @@ def reclaim(path: str | os.PathLike[str]) -> int:
         return state.epoch + 1
 
 
-def _parse_claims(text: str) -> tuple[ClaimInfo, ...]:
-    claims = []
-    for line in text.splitlines():
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-        if not fields:
-            continue
-        lease = fields.get("lease", "-")
-        claims.append(ClaimInfo(
-            identity=fields.get("identity", ""), kind=fields.get("kind", ""),
-            version=int(fields.get("version", 0)), epoch=int(fields.get("epoch", 0)),
-            pid=int(fields.get("pid", 0)), lease=None if lease == "-" else float(lease)))
-    return tuple(claims)
-
-
 def claim_state(path: str | os.PathLike[str]) -> ClaimState:
     """The claim state from the ``user.fencefs.*`` attributes (or the fallback's sidecar)."""
     p = os.fspath(path)
     if is_fencefs(p):
-        def get(name: str) -> str:
-            return os.getxattr(p, PREFIX + name).decode()
+        def get(name: str) -> bytes:
+            return os.getxattr(p, name)
 
-        return ClaimState(path=p, version=int(get("version")), epoch=int(get("epoch")),
-                          policy=get("policy"), claims=_parse_claims(get("claims")),
-                          own=_parse_claims(get("claim")), fencefs=True)
+        return ClaimState(path=p, version=int(get(wire.VERSION)), epoch=int(get(wire.EPOCH)),
+                          policy=get(wire.POLICY).decode(),
+                          claims=wire.parse_claims(get(wire.CLAIMS)),
+                          own=wire.parse_claims(get(wire.CLAIM)), fencefs=True)
     with _dir_lock(p, fcntl.LOCK_SH):
         state = _local_state(p)
     if not state.exists:

@@ -7,9 +7,10 @@ the state change, so a caller that never awaits around these methods gets
 check-and-install as one atomic step (G3). The method names are the actions
 of ``specs/Fencing.tla`` and ``specs/Observation.tla``.
 
-``Coordinator`` is the local implementation of the coordination state; the
-FUSE layer talks to it only through the methods below, so that a distributed
-implementation can replace it later without touching the FUSE layer.
+``Coordinator`` is the local coordination state. The engine and the FUSE
+layer reach it only through ``fencefs.engine.coordination.Coordination``
+(``LocalCoordination`` wraps this class), the seam a distributed
+implementation serves too.
 """
 
 from __future__ import annotations
