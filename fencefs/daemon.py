@@ -74,6 +74,9 @@ def serve(
     per host) passes False."""
     logging.getLogger("pyfuse3").addFilter(_late_reply)
     _raise_fd_limit()
+    # Nodes are made with exactly the mode the caller's kernel passed (its
+    # umask already applied): the daemon's own umask must not mask it again.
+    os.umask(0)
     lock = _lock_backing(backing) if lock_backing else None
     try:
         ops = FenceOperations(backing, durable=durable, scope=scope,
@@ -90,7 +93,8 @@ def serve(
     _init_fuse(ops, mountpoint, mount_options(ops.backing.root, allow_other=allow_other,
                                               debug=debug, kernel_options=kernel_options))
     ops.mount_id = mount_id_of(mountpoint)
-    with open(pid_file(ops.backing.root), "w") as f:
+    with open(os.open(pid_file(ops.backing.root), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                      0o644), "w") as f:
         f.write(f"{os.getpid()}\n{os.path.abspath(mountpoint)}\n")
     clean = False
     try:

@@ -47,3 +47,22 @@ def test_bench_scaling_and_memory(tmp_path: Path) -> None:
     assert isinstance(memory, dict)
     assert memory["files"] == 500 and memory["claims"] == 100
     assert 0 < memory["start_mib"] <= memory["peak_mib"]
+
+
+def test_bench_workspace(tmp_path: Path) -> None:
+    require_fuse()
+    report = run_bench("--workspace", scratch=tmp_path)["workspace"]
+    assert isinstance(report, dict)
+    steps = report["steps"]
+    assert set(steps) == {"clone", "git status", "git status again", "grep -rn", "compileall",
+                           "git log --stat", "sed -i + git diff", "git commit -a",
+                           "find -newer", "rm -rf"}
+    for name, row in steps.items():
+        assert set(row["seconds"]) == {"native", "passthrough", "fencefs"}, name
+        assert all(s > 0 for s in row["seconds"].values()), name
+    # every step of the FUSE targets made requests, counted by kind
+    assert all(sum(v for k, v in row["requests"]["fencefs"].items()
+                   if not k.startswith("ms:")) > 0 for row in steps.values())
+    assert steps["clone"]["requests"]["fencefs"]["create"] > 0
+    assert steps["rm -rf"]["requests"]["passthrough"]["unlink"] > 0
+    assert report["total_requests"]["fencefs"] > 0

@@ -469,10 +469,3 @@ def test_writes_to_an_unlinked_file_are_a_conflict(mount: Mount, tmp_path: Path)
         assert not os.path.exists(path)
     kept = mount.rejected()
     assert len(kept) == 2 and all(".conflict." in name for name in kept)
-
-
-def test_device_nodes_refused(mount: Mount) -> None:
-    with pytest.raises(OSError) as info:
-        os.mknod(mount.path("null"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))
-    assert info.value.errno == errno.EPERM
-    assert not os.path.lexists(mount.path("null"))

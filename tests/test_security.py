@@ -110,6 +110,19 @@ PROBE = textwrap.dedent("""
             return os.mkdir(path)
         if op == "unlink":
             return os.unlink(path)
+        if op == "umask":
+            return oct(os.umask(int(arg, 8)))
+        if op == "create":
+            return os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, int(arg, 8)))
+        if op == "mknod":
+            import stat
+            kinds = {"chr": stat.S_IFCHR, "blk": stat.S_IFBLK, "fifo": stat.S_IFIFO}
+            return os.mknod(path, kinds[arg] | 0o644, os.makedev(1, 3))
+        if op == "symlink":
+            return os.symlink(arg, path)
+        if op == "lstat":
+            st = os.lstat(path)
+            return [st.st_uid, st.st_gid, st.st_mode & 0o7777]
         raise ValueError(op)
     for item in sys.argv[1:]:
         op, path, *rest = json.loads(item)
@@ -291,3 +304,23 @@ def test_rejected_writes_and_journal_are_kept_from_those_who_could_not_read(
     assert sorted(os.listdir(rdir)) == sorted(rejected.values())
     with open(m.mnt / ".fencefs/journal.jsonl") as f:
         assert sum(1 for line in f if '"fenced"' in line) == 3
+
+
+def test_nodes_of_every_kind_belong_to_their_maker(shared: Mount,
+                                                   other: pwd.struct_passwd) -> None:
+    """An unprivileged caller gets EPERM for a device node (from the kernel,
+    as on ext4), makes FIFOs and symlinks of any target as its own, and its
+    umask is applied exactly (002: group-writable)."""
+    m = shared
+    dev, fifo, link, made = (m.path(n) for n in ("dev", "fifo", "link", "made"))
+    got = as_user(other, ["mknod", dev, "chr"], ["mknod", dev, "blk"],
+                  ["mknod", fifo, "fifo"], ["lstat", fifo],
+                  ["symlink", link, "/etc/hostname"], ["lstat", link],
+                  ["umask", made, "002"], ["create", made, "666"], ["lstat", made])
+    uid, gid = other.pw_uid, other.pw_gid
+    assert got == [["err", "EPERM"], ["err", "EPERM"],
+                   ["ok", None], ["ok", [uid, gid, 0o644]],
+                   ["ok", None], ["ok", [uid, gid, 0o777]],
+                   ["ok", "0o22"], ["ok", None], ["ok", [uid, gid, 0o664]]]
+    assert not os.path.lexists(dev)
+    assert os.readlink(link) == "/etc/hostname"

@@ -64,8 +64,8 @@ READ = "import sys; print(open(sys.argv[1]).read(), end='')"
 def test_default_globs_make_sqlite_files_shared(mount: Mount) -> None:
     os.mkdir(mount.path("sub"))
     shared = ["app.db", "app.db-wal", "app.db-shm", "app.db-journal", "sub/m.sqlite",
-              "m.sqlite-journal", "x.sqlite3", "x.sqlite3-wal"]
-    fenced = ["plan.md", "app.db.bak", "app.dbx", "db", "APP.DB"]
+              "m.sqlite-journal", "x.sqlite3", "x.sqlite3-wal", "sub/tmp_pack_Ab12Cd"]
+    fenced = ["plan.md", "app.db.bak", "app.dbx", "db", "APP.DB", "pack-1234.pack"]
     for name in shared + fenced:
         mount.seed(name, "x")
     for name in shared:

@@ -44,7 +44,7 @@ def setup_backing(root: Path) -> tuple[Backing, Drafts, Journal, TxnStore]:
 
 def seed(backing: Backing, files: tuple[str, ...] = FILES, text: str = "old") -> None:
     for rel in files:
-        path = Path(backing.abs(rel))
+        path = Path(os.path.join(backing.root, rel))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"{text} {rel}")
         backing.write_state(rel, Persisted(1, 0), durable=False)
@@ -69,7 +69,7 @@ def contents(backing: Backing, files: tuple[str, ...] = FILES) -> dict[str, str 
     out: dict[str, str | None] = {}
     for rel in files:
         try:
-            out[rel] = Path(backing.abs(rel)).read_text()
+            out[rel] = Path(os.path.join(backing.root, rel)).read_text()
         except FileNotFoundError:
             out[rel] = None
     return out

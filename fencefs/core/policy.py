@@ -19,11 +19,18 @@ from fencefs.core.model import SHARED
 # shared-memory index (the -shm file is mapped MAP_SHARED by every
 # connection). Databases coordinate their writers with their own locks, so
 # their files are written in place (docs/guide.md, "The shared policy").
+#
+# git's incoming pack (``git clone``/``fetch`` from a remote): index-pack
+# writes ``objects/pack/tmp_pack_XXXXXX`` and, before closing it, its worker
+# threads open it again by name to read it back. A fenced file shows other
+# descriptors its last committed content (empty), so the clone would die with
+# "premature end of pack file". The file is git's private temporary, renamed
+# to its final name (out of the glob's reach) once closed.
 DEFAULT_SHARED_GLOBS: tuple[str, ...] = tuple(
     f"*.{ext}{suffix}"
     for ext in ("db", "sqlite", "sqlite3")
     for suffix in ("", "-wal", "-shm", "-journal")
-)
+) + ("tmp_pack_*",)
 
 
 _REMEMBERED = 65_536

@@ -37,16 +37,16 @@ from fencefs.engine.files import FileTable
 from fencefs.engine.handles import Handle
 from fencefs.engine.journaling import Journaling
 from fencefs.engine.writers import BIG, Writers
-from fencefs.store.backing import Fingerprint
+from fencefs.store.backing import Backing, Fingerprint
 from fencefs.store.drafts import Draft, Drafts, close_quietly
 from fencefs.store.txn import is_staged
 
 log = logging.getLogger("fencefs.engine")
 
 
-def file_size(path: str) -> int:
+def file_size(backing: Backing, rel: str) -> int:
     try:
-        return os.stat(path).st_size
+        return backing.lstat(rel).st_size
     except OSError:
         return 0
 
@@ -69,7 +69,9 @@ class CommitEngine:
     # -- start-up ----------------------------------------------------------------
 
     def recover(self) -> int:
-        """Put drafts orphaned by a crash away as abandoned writes."""
+        """Put drafts orphaned by a crash away as abandoned writes (and
+        delete what an earlier daemon left in the trash)."""
+        self.drafts.trash.empty()
         count = 0
         for path, meta in self.drafts.orphans():
             target = str(meta.get("path", "?"))
@@ -229,7 +231,7 @@ class CommitEngine:
             seen = file.version
             persisted = Persisted(seen + 1, claim.epoch, file.policy)
             with self.writers.failing_on_io(handle, "append"):
-                if attempt < 3 and (self.durable or file_size(self.backing.abs(rel)) > BIG):
+                if attempt < 3 and (self.durable or file_size(self.backing, rel) > BIG):
                     combined = await trio.to_thread.run_sync(
                         self._build_append, rel, appended, handle.caller, persisted)
                 else:  # inline: from the build to the rename, no checkpoint
@@ -270,7 +272,7 @@ class CommitEngine:
 
     def _build_append(self, rel: str, appended: Draft, caller: Caller,
                       persisted: Persisted) -> Draft:
-        src = os.open(self.backing.abs(rel), os.O_RDONLY | os.O_NOFOLLOW)
+        src = self.backing.open(rel, os.O_RDONLY)
         try:
             combined = self.drafts.create(rel, caller.identity, caller.pid, src)
         finally:
@@ -347,7 +349,7 @@ class CommitEngine:
         rel = file.path
 
         def install(version: int, epoch: int) -> None:
-            os.unlink(self.backing.abs(rel))
+            self.drafts.trash.put(rel)  # one rename; deleted off the request path
 
         await self.commit_path(file, caller, install, "unlink")
         self.files.bury(rel)  # with the version the unlink made
@@ -360,7 +362,8 @@ class CommitEngine:
         def install(version: int, epoch: int) -> None:
             fp = self.backing.write_state(
                 old, Persisted(version, epoch, target.policy), durable=False)
-            os.rename(self.backing.abs(old), self.backing.abs(new))
+            self.drafts.trash.keep(new)  # the replaced content is freed off the request path
+            self.backing.tree.rename(old, new)
             self.files.fingerprints[new] = fp
             self.files.fingerprints.pop(old, None)
             self.coord.removed(old)
@@ -370,7 +373,7 @@ class CommitEngine:
     async def truncate_path(self, file: FileState, size: int, caller: Caller) -> None:
         """truncate() by path: a new draft of the given size, committed."""
         rel = file.path
-        src = os.open(self.backing.abs(rel), os.O_RDONLY | os.O_NOFOLLOW)
+        src = self.backing.open(rel, os.O_RDONLY)
         try:
             draft = self.drafts.create(rel, caller.identity, caller.pid,
                                        src if size > 0 else None)

@@ -4,6 +4,15 @@ Every commit, refusal and reclaim is recorded (G5) by one ``Journaling``;
 ``durable`` makes a change and the journal lines written so far durable
 before a close/fsync/reclaim is answered (G6), with journal group commit:
 one fsync serves every caller that arrived while it ran.
+
+Namespace changes (unlink, rename, mkdir, rmdir, symlink, mknod, a create)
+are not close() or fsync(), so G6 does not ask for them one by one: their
+directories are only marked (``namespace_changed``) and synced with the next
+durable step of any commit, fsync or fsyncdir, and at the latest by the
+upkeep task (``flush_namespace``, every few seconds). A commit therefore
+never rests on a directory entry above it that a crash could lose: the
+directories of every namespace change before it are synced with it
+(docs/guide.md, "What a crash can lose").
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ class Journaling:
         self.durable = durable
         # The journal fsync in flight, if any (see sync_journal).
         self._syncing: trio.Event | None = None
+        # Directories whose entries changed since they were last synced.
+        self._pending: set[str] = set()
 
     # -- records ---------------------------------------------------------------
 
@@ -78,16 +89,63 @@ class Journaling:
                 self._syncing = None
                 running.set()
 
+    # -- namespace changes: synced with the next durable step ------------------
+
+    def namespace_changed(self, *rel_dirs: str) -> None:
+        """Entries of these directories changed: sync them with the next
+        durable step (not now)."""
+        if self.durable:
+            self._pending.update(rel_dirs)
+
+    def namespace_moved(self, old: str, new: str) -> None:
+        """A directory moved: pending directories below it moved with it."""
+        if not self._pending:
+            return
+        prefix = old + "/"
+        moved = {p for p in self._pending if p == old or p.startswith(prefix)}
+        if moved:
+            self._pending -= moved
+            self._pending.update(new + p[len(old):] for p in moved)
+
+    def _sync_dirs(self, dirs: set[str]) -> None:
+        # Parents before children does not matter: each fsync makes its own
+        # directory's entries durable. A directory gone since was removed
+        # by a later change, itself pending (its parent is in the set).
+        for rel in sorted(dirs):
+            try:
+                self.backing.sync_dir(rel)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    raise  # all of them stay pending (durable_with)
+
+    async def flush_namespace(self) -> None:
+        """Sync the pending directories now (the upkeep task's round)."""
+        if self.durable and self._pending:
+            await self.durable_with(lambda _: None, None)
+
+    # -- durable steps ----------------------------------------------------------
+
     async def durable_dir(self, rel_dir: str) -> None:
         """The directory entry and the journal line of a commit reach the disk."""
-        await self.durable_with(self.backing.sync_dir, rel_dir)
+        self.namespace_changed(rel_dir)
+        await self.durable_with(lambda _: None, None)
 
     async def durable_with(self, sync: Callable[[Any], None], what: Any) -> None:
-        """``sync(what)`` on a worker thread and the journal's group commit,
-        at once (one filesystem commit can carry both); nothing under
-        --durability none."""
+        """``sync(what)`` on a worker thread, with the pending directories,
+        and the journal's group commit, at once (one filesystem commit can
+        carry them all); nothing under --durability none."""
         if not self.durable:
             return
+        dirs, self._pending = self._pending, set()
+
+        def work() -> None:
+            sync(what)
+            self._sync_dirs(dirs)
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.sync_journal)
-            await trio.to_thread.run_sync(sync, what)
+            try:
+                await trio.to_thread.run_sync(work)
+            except BaseException:
+                self._pending |= dirs  # not known synced: the next step retries
+                raise

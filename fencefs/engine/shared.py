@@ -76,15 +76,14 @@ class SharedFiles:
         opens it without direct_io: one page cache shared by every handle of
         the file, so writes are seen at once and MAP_SHARED works."""
         writing = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
-        path = self.backing.abs(rel)
-        extra = (flags & _PASSED_FLAGS) | os.O_NOFOLLOW | os.O_CLOEXEC
+        extra = flags & _PASSED_FLAGS
         if writing:
             try:  # read access too: the kernel reads pages to fill a mapping
-                fd = os.open(path, os.O_RDWR | extra)
+                fd = self.backing.open(rel, os.O_RDWR | extra)
             except PermissionError:
-                fd = os.open(path, (flags & os.O_ACCMODE) | extra)
+                fd = self.backing.open(rel, (flags & os.O_ACCMODE) | extra)
         else:
-            fd = os.open(path, os.O_RDONLY | (extra & ~os.O_TRUNC))
+            fd = self.backing.open(rel, os.O_RDONLY | (extra & ~os.O_TRUNC))
         handle = SharedHandle(self.handles.next_fh(), rel, ino, caller, fd, file,
                               bool(writing))
         handle.dirty = bool(writing and flags & os.O_TRUNC)
@@ -135,7 +134,11 @@ class SharedFiles:
             return False
 
         def install(version: int, epoch: int) -> None:
-            os.truncate(self.backing.abs(rel), size)
+            fd = self.backing.open(rel, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
             self.files.persist_state(file, version=version, durable=False)
 
         # A truncate by path is a commit of its own (unfenced: commit_path
@@ -146,7 +149,7 @@ class SharedFiles:
         return True
 
     def _fsync_path(self, rel: str) -> None:
-        fd = os.open(self.backing.abs(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = self.backing.open(rel, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

@@ -90,8 +90,8 @@ class Transactions:
         # user.fencefs.result: the kernel may report a setxattr's EAGAIN as
         # EOPNOTSUPP, and retries it once after ESTALE (see docs/guide.md).
         self.results: dict[str, tuple[int, str]] = {}
-        os.makedirs(self.backing.abs(STAGING), exist_ok=True)
-        os.chmod(self.backing.abs(STAGING), 0o1777)  # like /tmp: anyone may start one
+        self.backing.makedirs(STAGING)
+        self.backing.tree.chmod(STAGING, 0o1777)  # like /tmp: anyone may start one
 
     # -- staging ---------------------------------------------------------------
 
@@ -99,7 +99,7 @@ class Transactions:
         """``mkdir .fencefs/txn/NAME``: the caller's identity owns it."""
         if "/" in rel[len(STAGING) + 1:]:
             return  # a subdirectory of a staging directory
-        os.setxattr(self.backing.abs(rel), OWNER_XATTR, caller.identity.encode())
+        self.backing.tree.setxattr(rel, OWNER_XATTR, caller.identity.encode())
         self.poisoned.discard(rel)
 
     def killed(self, rel: str) -> None:
@@ -110,7 +110,7 @@ class Transactions:
 
     def _owner(self, root: str) -> str:
         try:
-            return os.getxattr(self.backing.abs(root), OWNER_XATTR).decode()
+            return self.backing.tree.getxattr(root, OWNER_XATTR).decode()
         except OSError:
             return ""
 
@@ -122,24 +122,25 @@ class Transactions:
         deletes: list[str] = []
         rests: Rests = {}
         stack = [""]
+        tree = self.backing.tree
         while stack:
             sub = stack.pop()
-            with os.scandir(self.backing.abs(f"{root}/{sub}" if sub else root)) as it:
-                entries = sorted(it, key=lambda e: e.name)
-            for e in entries:
-                target = f"{sub}/{e.name}" if sub else e.name
-                if e.is_dir(follow_symlinks=False):
+            here = f"{root}/{sub}" if sub else root
+            for name, st in sorted(tree.listdir(here), key=lambda e: e[0]):
+                target = f"{sub}/{name}" if sub else name
+                mode = st.st_mode if st is not None else 0
+                if stat.S_ISDIR(mode):
                     stack.append(target)
-                elif not sub and e.name == DELETE_LIST and e.is_file(follow_symlinks=False):
-                    with open(e.path, encoding="utf-8", errors="surrogateescape") as f:
-                        deletes += [line.strip() for line in f if line.strip()]
-                elif not sub and e.name == RESTS_LIST and e.is_file(follow_symlinks=False):
-                    with open(e.path, encoding="utf-8", errors="surrogateescape") as f:
+                elif not sub and name in (DELETE_LIST, RESTS_LIST) and stat.S_ISREG(mode):
+                    text = self._read_text(f"{here}/{name}")
+                    if name == DELETE_LIST:
+                        deletes += [line.strip() for line in text.splitlines() if line.strip()]
+                    else:
                         try:
-                            rests = parse_rests(f.read())
+                            rests = parse_rests(text)
                         except ValueError as err:
                             raise BadValue(str(err)) from None
-                elif e.is_file(follow_symlinks=False):
+                elif stat.S_ISREG(mode):
                     writes.append((check_target(target), f"{root}/{target}"))
                 else:
                     raise BadValue(f"{target!r} in a staging directory is not a regular "
@@ -147,6 +148,11 @@ class Transactions:
         for path in deletes:
             check_target(path)
         return writes, deletes, rests
+
+    def _read_text(self, rel: str) -> str:
+        fd = self.backing.open(rel, os.O_RDONLY)
+        with os.fdopen(fd, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
 
     def _check(self, writes: list[tuple[str, str]], deletes: list[str],
                may_write: Callable[[str], bool]) -> None:
@@ -223,7 +229,7 @@ class Transactions:
 
     def _nothing_staged(self, root: str) -> bool:
         try:
-            return not os.listdir(self.backing.abs(root))
+            return not self.backing.tree.listdir(root, stats=False)
         except OSError:
             return True
 
@@ -294,7 +300,8 @@ class Transactions:
     def _adopt(self, staged: str, target: str, caller: Caller, txn: str) -> Item:
         """Move a staged file into drafts/ (one rename): it becomes the draft."""
         path = os.path.join(self.drafts.dir, f"{os.getpid()}-txn-{txn}-{new_id()}.draft")
-        os.rename(self.backing.abs(staged), path)
+        with self.backing.tree.parent(staged) as (dir_fd, name):
+            os.rename(name, path, src_dir_fd=dir_fd)
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         os.setxattr(fd, DRAFT_XATTR, json.dumps(
             {"path": target, "identity": caller.identity, "pid": caller.pid,
@@ -390,18 +397,23 @@ class Transactions:
     def _empty(self, root: str) -> None:
         """The staging directory holds nothing afterwards (its subdirectories
         and the delete list go too)."""
-        base = self.backing.abs(root)
+        tree = self.backing.tree
         for name in (DELETE_LIST, RESTS_LIST):
-            try:
-                os.unlink(os.path.join(base, name))
-            except FileNotFoundError:
-                pass
-        for dirpath, dirnames, _ in os.walk(base, topdown=False):
-            for d in dirnames:
-                try:
-                    os.rmdir(os.path.join(dirpath, d))
-                except OSError:
-                    pass  # something new was staged meanwhile: left for the next commit
+            self.backing.remove(f"{root}/{name}")
+
+        def empty_dirs(rel: str) -> None:
+            for name, st in tree.listdir(rel):
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    empty_dirs(f"{rel}/{name}")
+                    try:
+                        tree.rmdir(f"{rel}/{name}")
+                    except OSError:
+                        pass  # something new was staged meanwhile: left for the next commit
+
+        try:
+            empty_dirs(root)
+        except OSError:
+            pass
 
     async def _durable(self, dirs: set[str]) -> None:
         if not self.durable:

@@ -79,8 +79,7 @@ class ControlAttributes:
         if text == control.RESULT and paths.is_txn_dir(self.inodes.path(inode)):
             return self.txns.result(self.inodes.path(inode))
         if not control.is_control(text):  # e.g. security.capability, asked at every write
-            return os.getxattr(self.backing.abs(self.inodes.path(inode)), name,
-                               follow_symlinks=False)
+            return self.backing.tree.getxattr(self.inodes.path(inode), name)
         _, file = self._regular_state(inode)
         if file is None or text not in control.READABLE:
             raise pyfuse3.FUSEError(errno.ENODATA)
@@ -90,8 +89,7 @@ class ControlAttributes:
 
     async def list(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         rel, file = self._regular_state(inode)
-        names = [os.fsencode(n) for n in os.listxattr(self.backing.abs(rel),
-                                                       follow_symlinks=False)
+        names = [os.fsencode(n) for n in self.backing.tree.listxattr(rel)
                  if not control.is_control(n)]
         if file is not None:
             names += [n.encode() for n in control.READABLE]
@@ -103,7 +101,7 @@ class ControlAttributes:
         rel, file = self._regular_state(inode)
         if not control.is_control(text):
             paths.refuse_meta(rel)
-            os.setxattr(self.backing.abs(rel), name, value, follow_symlinks=False)
+            self.backing.tree.setxattr(rel, name, value)
             return
         caller = self.ids.resolve(ctx.pid)
         if inode == ROOT and text in (control.RECLAIM_EXPIRED, control.RECLAIM_AGENT):
@@ -164,7 +162,7 @@ class ControlAttributes:
     def _forget_staged(self, root: str) -> None:
         """Entries under the staging directory that no longer exist."""
         for path in self.inodes.paths_under(root):
-            if os.path.lexists(self.backing.abs(path)):
+            if self.backing.exists(path):
                 continue
             parent = self.inodes.ino_of(os.path.dirname(path))
             if parent is None:
@@ -232,4 +230,4 @@ class ControlAttributes:
         if control.is_control(text):
             raise pyfuse3.FUSEError(errno.EINVAL)
         paths.refuse_meta(rel)
-        os.removexattr(self.backing.abs(rel), name, follow_symlinks=False)
+        self.backing.tree.removexattr(rel, name)

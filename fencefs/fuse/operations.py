@@ -100,7 +100,6 @@ class FenceOperations(pyfuse3.Operations):
                                   self.commits)
         self.inodes = InodeTable()
         self.ids = IdentityResolver(scope)
-        self.symlinks = paths.Symlinks(self.backing)
         self.txns = Transactions(self.coord, self.files, self.handles, self.drafts,
                                  self.journaling, TxnStore(self.backing, self.drafts,
                                                            self.journal, durable=durable),
@@ -128,6 +127,7 @@ class FenceOperations(pyfuse3.Operations):
         """Background upkeep: drop claims of identities that have exited."""
         while True:
             await trio.sleep(interval)
+            await self.journaling.flush_namespace()
             self.prune_identities()
             if self.sweep_after is not None:
                 await self.commits.sweep(time.monotonic(), self.sweep_after)
@@ -206,7 +206,17 @@ class FenceOperations(pyfuse3.Operations):
         rel = paths.child(self.inodes, parent_inode, name)
         if paths.is_hidden(rel):
             raise pyfuse3.FUSEError(errno.ENOENT)
-        st = self._lstat(rel)
+        try:
+            st = self.backing.lstat(rel)
+        except FileNotFoundError:
+            # A negative entry the kernel may keep as long as a positive one
+            # (a create, mkdir or rename through the mount replaces it at
+            # once): programs probe for many names that are not there (git,
+            # Python's imports, shells searching PATH).
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = _ENTRY_TIMEOUT
+            return negative
         if stat.S_ISREG(st.st_mode) and not paths.is_meta(rel):
             self.files.file(rel, st)
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
@@ -247,7 +257,7 @@ class FenceOperations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         rel = self.inodes.path(inode)
         paths.refuse_meta(rel)
-        path = self.backing.abs(rel)
+        tree = self.backing.tree
         if fields.update_size:
             handle = self.handles.handles.get(fh) if fh is not None else None
             caller = self.ids.resolve(ctx.pid)
@@ -257,16 +267,16 @@ class FenceOperations(pyfuse3.Operations):
                 # shared policy: in place; otherwise a path commit
                 await self.commits.truncate_path(self._regular(rel), attr.st_size, caller)
         if fields.update_mode:
-            os.chmod(path, stat.S_IMODE(attr.st_mode), follow_symlinks=False)
+            tree.chmod(rel, stat.S_IMODE(attr.st_mode))
         if fields.update_uid or fields.update_gid:
             uid = attr.st_uid if fields.update_uid else -1
             gid = attr.st_gid if fields.update_gid else -1
-            os.chown(path, uid, gid, follow_symlinks=False)
+            tree.chown(rel, uid, gid)
         if fields.update_atime or fields.update_mtime:
             st = self._lstat(rel)
             atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
-            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+            tree.utime(rel, (atime, mtime))
             self._utime_drafts(rel, atime, mtime)
             self.files.refresh_fingerprint(rel)
         return self._attrs(inode, self._lstat(rel))
@@ -281,7 +291,7 @@ class FenceOperations(pyfuse3.Operations):
                 os.utime(handle.draft.fd, ns=(atime, mtime))
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        sv = os.statvfs(self.backing.root)
+        sv = self.backing.tree.statvfs()
         data = pyfuse3.StatvfsData()
         for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
                      "f_files", "f_ffree", "f_favail", "f_namemax"):
@@ -319,8 +329,7 @@ class FenceOperations(pyfuse3.Operations):
         handle = Handle(self.handles.next_fh(), rel, inode, caller, ctx.pid, claim=claim)
         try:
             if not truncating:
-                handle.base_fd = os.open(self.backing.abs(rel),
-                                         os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                handle.base_fd = self.backing.open(rel, os.O_RDONLY)
                 handle.served = (file.version, file.epoch)
             if writing and truncating:
                 handle.draft = self.drafts.create(rel, caller.identity, caller.pid, None)
@@ -343,7 +352,7 @@ class FenceOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         pid = tgid_of(ctx.pid)
         self.handles.room_for(pid, 1)
-        fd = os.open(self.backing.abs(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = self.backing.open(rel, os.O_RDONLY)
         handle = Handle(self.handles.next_fh(), rel, inode, Caller("meta", ctx.pid), ctx.pid,
                         base_fd=fd, meta=True)
         self.handles.add(handle, pid, 1, writing=False)
@@ -356,23 +365,34 @@ class FenceOperations(pyfuse3.Operations):
         paths.refuse_meta(rel)
         caller = self.ids.resolve(ctx.pid)
         self.handles.room_for(caller.pid, 2)
-        path = self.backing.abs(rel)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     stat.S_IMODE(mode) & ~ctx.umask)
-        os.close(fd)
-        self._own(path, ctx)
-        st = self._lstat(rel)
-        file = self.files.file(rel, st)
+        # Read-only: the descriptor a fenced handle reads the committed
+        # (empty) content through. The mode is exactly the one asked for.
+        fd = self.backing.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL,
+                               stat.S_IMODE(mode) & ~ctx.umask)
+        self.journaling.namespace_changed(paths.parent_of(rel))
+        try:
+            self._own(rel, ctx, stat.S_IMODE(mode) & ~ctx.umask, fd)
+            st = os.fstat(fd)
+            file = self.files.file(rel, st)
+        except BaseException:
+            os.close(fd)
+            raise
         if self.shared.in_place(file):  # shared policy (engine/shared.py): a glob's file
+            os.close(fd)
             node = self.inodes.remember(parent_inode, os.fsdecode(name))
             shared = self.shared.open(node.ino, rel, file, flags, caller)
             info = pyfuse3.FileInfo(fh=shared.fh, direct_io=False, keep_cache=False)
             return info, self._attrs(node.ino, st)
         handle = Handle(self.handles.next_fh(), rel, 0, caller, ctx.pid)
-        handle.claim = await self.coord.open_write(
-            rel, caller.identity, caller.pid, rewrite=False, append=bool(flags & os.O_APPEND),
-            now=time.monotonic(), persist_epoch=self.files.epoch_persister(file))
-        handle.base_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            handle.claim = await self.coord.open_write(
+                rel, caller.identity, caller.pid, rewrite=False,
+                append=bool(flags & os.O_APPEND), now=time.monotonic(),
+                persist_epoch=self.files.epoch_persister(file))
+        except BaseException:
+            os.close(fd)
+            raise
+        handle.base_fd = fd
         handle.served = (file.version, file.epoch)
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         handle.ino = node.ino
@@ -453,17 +473,19 @@ class FenceOperations(pyfuse3.Operations):
 
     # -- directories, links, nodes ---------------------------------------------
 
-    def _own(self, path: str, ctx: pyfuse3.RequestContext) -> None:
-        if os.geteuid() == 0:
-            os.chown(path, ctx.uid, ctx.gid, follow_symlinks=False)
+    def _own(self, rel: str, ctx: pyfuse3.RequestContext, mode: int,
+             fd: int | None = None) -> None:
+        """A new node belongs to its caller, with exactly ``mode``."""
+        paths.give(self.backing, rel, ctx.uid, ctx.gid, mode, fd)
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         rel = paths.child(self.inodes, parent_inode, name)
         paths.refuse_meta(rel)
-        path = self.backing.abs(rel)
-        os.mkdir(path, stat.S_IMODE(mode) & ~ctx.umask)
-        self._own(path, ctx)
+        wanted = stat.S_IMODE(mode) & ~ctx.umask
+        self.backing.tree.mkdir(rel, wanted)
+        self._own(rel, ctx, wanted)
+        self.journaling.namespace_changed(paths.parent_of(rel))
         if paths.is_txn_dir(rel):  # a transaction's staging directory: whose it is
             self.txns.begin(rel, self.ids.resolve(ctx.pid))
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
@@ -472,41 +494,38 @@ class FenceOperations(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         rel = paths.child(self.inodes, parent_inode, name)
         paths.refuse_meta(rel)
-        os.rmdir(self.backing.abs(rel))
+        self.backing.tree.rmdir(rel)
+        self.journaling.namespace_changed(paths.parent_of(rel))
         self.inodes.unlinked(parent_inode, os.fsdecode(name))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         rel = self.inodes.path(inode)
-        target = os.readlink(self.backing.abs(rel))
-        if not self.symlinks.allowed(rel, target):
-            raise pyfuse3.FUSEError(errno.EPERM)
-        return os.fsencode(target)
+        # Any target, as on any filesystem: the caller's kernel follows it,
+        # with the caller's rights; the daemon itself never does.
+        return self.backing.tree.readlink(rel)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         rel = paths.child(self.inodes, parent_inode, name)
         paths.refuse_meta(rel)
-        text = os.fsdecode(target)
-        if not self.symlinks.allowed(rel, text):
-            raise pyfuse3.FUSEError(errno.EPERM)
-        path = self.backing.abs(rel)
-        os.symlink(text, path)
-        self._own(path, ctx)
+        self.backing.tree.symlink(target, rel)
+        self._own(rel, ctx, 0)
+        self.journaling.namespace_changed(paths.parent_of(rel))
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         return self._attrs(node.ino, self._lstat(rel))
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        # Regular files (tar --xattrs makes them so), FIFOs and sockets, as on
-        # the backing filesystem; device nodes have no place in a shared tree.
+        # Every kind, as on the backing filesystem: regular files (tar
+        # --xattrs makes them so), FIFOs, sockets, and device nodes (the
+        # kernel checked the caller's CAP_MKNOD before asking us).
         rel = paths.child(self.inodes, parent_inode, name)
         paths.refuse_meta(rel)
         kind = stat.S_IFMT(mode) or stat.S_IFREG
-        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
-            raise pyfuse3.FUSEError(errno.EPERM)
-        path = self.backing.abs(rel)
-        os.mknod(path, kind | (stat.S_IMODE(mode) & ~ctx.umask))
-        self._own(path, ctx)
+        wanted = stat.S_IMODE(mode) & ~ctx.umask
+        self.backing.tree.mknod(rel, kind | wanted, rdev)
+        self._own(rel, ctx, wanted)
+        self.journaling.namespace_changed(paths.parent_of(rel))
         st = self._lstat(rel)
         if stat.S_ISREG(st.st_mode):
             self.files.file(rel, st)
@@ -524,18 +543,13 @@ class FenceOperations(pyfuse3.Operations):
         names = []
         # Rejected writes are listed only to those who may read them.
         access = self.attributes.access(ctx) if rel == paths.REJECTED_DIR else None
-        with os.scandir(self.backing.abs(rel)) as it:
-            for entry in it:
-                child = f"{rel}/{entry.name}" if rel else entry.name
-                if paths.is_hidden(child):
-                    continue
-                if access is not None:
-                    try:
-                        if not access.may_entry(entry.stat(follow_symlinks=False), READ):
-                            continue
-                    except FileNotFoundError:
-                        continue
-                names.append(entry.name)
+        for entry, st in self.backing.tree.listdir(rel, stats=access is not None):
+            child = f"{rel}/{entry}" if rel else entry
+            if paths.is_hidden(child):
+                continue
+            if access is not None and (st is None or not access.may_entry(st, READ)):
+                continue
+            names.append(entry)
         names.sort()
         fh = self.handles.next_fh()
         self._dirs[fh] = (inode, names)
@@ -564,8 +578,8 @@ class FenceOperations(pyfuse3.Operations):
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         inode, _ = self._dirs[fh]
-        if self.durable:  # off the event loop: an fsync can take milliseconds
-            await trio.to_thread.run_sync(self.backing.sync_dir, self.inodes.path(inode))
+        # off the event loop, with every namespace change still pending
+        await self.journaling.durable_dir(self.inodes.path(inode))
 
     # -- unlink and rename: path commits -------------------------------------
 
@@ -574,12 +588,12 @@ class FenceOperations(pyfuse3.Operations):
         paths.refuse_meta(rel)
         st = self._lstat(rel)
         if not stat.S_ISREG(st.st_mode):
-            os.unlink(self.backing.abs(rel))
-            self.inodes.unlinked(parent_inode, os.fsdecode(name))
-            return
-        await self.commits.unlink(self.files.file(rel, st), self.ids.resolve(ctx.pid))
+            self.backing.tree.unlink(rel)
+        else:
+            await self.commits.unlink(self.files.file(rel, st), self.ids.resolve(ctx.pid))
         self.inodes.unlinked(parent_inode, os.fsdecode(name))
-        await self.journaling.durable_dir(os.path.dirname(rel))
+        # A namespace change, not a close or fsync: synced with the next one.
+        self.journaling.namespace_changed(paths.parent_of(rel))
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
@@ -603,7 +617,7 @@ class FenceOperations(pyfuse3.Operations):
             await self.commits.rename_over(old, self.files.file(new, dst_st),
                                            self.ids.resolve(ctx.pid))
         else:
-            os.rename(self.backing.abs(old), self.backing.abs(new))
+            self.backing.tree.rename(old, new)
             if dst_st is not None:
                 self.coord.removed(new)
             self.files.moved(old, new)
@@ -612,9 +626,10 @@ class FenceOperations(pyfuse3.Operations):
         self._content_changed(new)
         self.handles.moved(old, new)
         self.shared.moved(moving, old, new)  # in-place handles follow (engine/shared.py)
-        await self.journaling.durable_dir(os.path.dirname(new))
-        if os.path.dirname(old) != os.path.dirname(new):
-            await self.journaling.durable_dir(os.path.dirname(old))
+        # Namespace changes, synced with the next close, fsync or upkeep round.
+        if stat.S_ISDIR(src_st.st_mode):
+            self.journaling.namespace_moved(old, new)
+        self.journaling.namespace_changed(paths.parent_of(old), paths.parent_of(new))
 
     # -- extended attributes: claim state and control (fuse/attributes.py) -------
 

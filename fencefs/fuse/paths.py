@@ -1,10 +1,10 @@
-"""Which paths a request may name: the meta directory and symlink containment.
+"""Which paths a request may name: the meta directory.
 
 ``.fencefs/`` in the backing directory holds drafts, rejected writes and the
 journal. Through the mount only ``journal.jsonl`` and ``rejected/`` are
-visible, read-only; the rest is hidden. Symlinks must stay inside the mount
-(checked at creation and whenever one is read: a link made harmless at
-creation can be turned by a later rename or link).
+visible, read-only; the rest is hidden. Symlinks may have any target, as on
+any filesystem: the caller's kernel follows them, in the caller's context;
+the daemon itself never follows one (store/paths.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import stat
 import pyfuse3
 
 from fencefs.fuse.inodes import InodeTable
-from fencefs.store.backing import META_DIR, Backing
+from fencefs.store.backing import META_DIR, Backing, parent_of
 from fencefs.store.txn import STAGING, is_staged
+
+__all__ = ["META_DIR", "child", "give", "is_hidden", "is_meta", "parent_of", "refuse_meta"]
 
 # Shown through the mount, read-only (snapshots: the view of each cut, and
 # their manifests); the rest of .fencefs/ is hidden. The staging
@@ -26,8 +28,6 @@ META_VISIBLE = {"journal.jsonl", "rejected", "snapshots", "snapshot-meta", "txn"
 REJECTED_DIR = f"{META_DIR}/rejected"
 SNAPSHOTS_DIR = f"{META_DIR}/snapshots"
 META_OPEN_DIRS = {META_DIR, REJECTED_DIR, SNAPSHOTS_DIR, f"{META_DIR}/snapshot-meta"}
-# The kernel's own limit of symlinks followed in one lookup (ELOOP).
-_MAX_HOPS = 40
 
 
 def is_meta(rel: str) -> bool:
@@ -59,62 +59,25 @@ def child(inodes: InodeTable, parent: int, name: bytes) -> str:
     return inodes.child_path(parent, text)
 
 
-def stays_inside(link_rel: str, target: str) -> bool:
-    """True if a symlink at ``link_rel`` to ``target`` stays in BACKING."""
-    if target.startswith("/") or not target:
-        return False
-    depth = link_rel.count("/")  # directories above the link
-    for part in target.split("/"):
-        if part in ("", "."):
-            continue
-        depth += -1 if part == ".." else 1
-        if depth < 0:
-            return False
-    return True
-
-
-class Symlinks:
-    def __init__(self, backing: Backing) -> None:
-        self.backing = backing
-
-    def allowed(self, link_rel: str, target: str) -> bool:
-        return stays_inside(link_rel, target) and self.resolves_inside(link_rel, target)
-
-    def resolves_inside(self, link_rel: str, target: str) -> bool:
-        """True if ``target``, read from a symlink at ``link_rel`` and
-        followed through the symlinks it passes on the way, stays in BACKING.
-
-        Counting '..' is not enough: a link that climbs back from deep down
-        ('a/b/up' -> '../..') lets a path through it ('a/b/up/../x') climb
-        out while every link, taken alone, stays inside.
-        """
-        stack = link_rel.split("/")[:-1]
-        return self._walk(stack, target, [0]) is not None
-
-    def _walk(self, stack: list[str], target: str, hops: list[int]) -> list[str] | None:
-        if not target or target.startswith("/"):
-            return None
-        stack = list(stack)
-        for part in target.split("/"):
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not stack:
-                    return None
-                stack.pop()
-                continue
-            stack.append(part)
-            try:
-                st = os.lstat(self.backing.abs("/".join(stack)))
-            except OSError:
-                continue  # not there (yet): the kernel stops here, or counts on
-            if stat.S_ISLNK(st.st_mode):
-                hops[0] += 1
-                if hops[0] > _MAX_HOPS:
-                    return None
-                inner = os.readlink(self.backing.abs("/".join(stack)))
-                resolved = self._walk(stack[:-1], inner, hops)
-                if resolved is None:
-                    return None
-                stack = resolved
-        return stack
+def give(backing: Backing, rel: str, uid: int, gid: int, mode: int,
+         fd: int | None = None) -> None:
+    """Make the new node at ``rel`` (open as ``fd``, if given) the caller's:
+    its uid and gid, or the group of a setgid directory it was made in (the
+    backing filesystem already set that). Nothing to do when the caller is
+    the daemon's own user and group, or when the daemon is not root (it
+    cannot give nodes away). A chown clears S_ISUID and S_ISGID, so a mode
+    with them is set again after it."""
+    euid = os.geteuid()
+    if euid != 0 or (uid, gid) == (euid, os.getegid()):
+        return
+    if backing.lstat(parent_of(rel)).st_mode & stat.S_ISGID:
+        gid = -1
+    if fd is not None:
+        os.fchown(fd, uid, gid)
+    else:
+        backing.tree.chown(rel, uid, gid)
+    if mode & (stat.S_ISUID | stat.S_ISGID):
+        if fd is not None:
+            os.fchmod(fd, mode)
+        else:
+            backing.tree.chmod(rel, mode)

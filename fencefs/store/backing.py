@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from fencefs.core.errors import BadValue
 from fencefs.core.model import POLICIES, Persisted
+from fencefs.store.paths import Tree
 
 STATE_XATTR = "user.fencefs.state"
 META_DIR = ".fencefs"
@@ -56,22 +57,25 @@ def decode_state(raw: bytes) -> tuple[Persisted, Fingerprint | None]:
 
 
 class Backing:
-    """Path arithmetic and metadata access inside the backing directory."""
+    """Metadata access inside the backing directory. Every path is resolved
+    by ``tree`` (store/paths.py): through descriptors, never following a
+    symlink, never as one long absolute string."""
 
     def __init__(self, root: str) -> None:
-        self.root = os.path.realpath(root)
+        self.tree = Tree(root)
+        self.root = self.tree.root
         self.meta = os.path.join(self.root, META_DIR)
 
-    def abs(self, rel: str) -> str:
-        # rel is built from names the kernel handed us: no '/', never '..'.
-        return os.path.join(self.root, rel) if rel else self.root
-
     def lstat(self, rel: str) -> os.stat_result:
-        return os.lstat(self.abs(rel))
+        return self.tree.lstat(rel)
+
+    def open(self, rel: str, flags: int, mode: int = 0o666) -> int:
+        """Open ``rel`` (O_NOFOLLOW, O_CLOEXEC: a symlink anywhere is ELOOP)."""
+        return self.tree.open(rel, flags, mode)
 
     def read_state(self, rel: str) -> tuple[Persisted, Fingerprint | None]:
         try:
-            raw = os.getxattr(self.abs(rel), STATE_XATTR, follow_symlinks=False)
+            raw = self.tree.getxattr(rel, STATE_XATTR)
         except OSError as e:
             if e.errno in (errno.ENODATA, errno.ENOTSUP):
                 return Persisted(0, 0), None
@@ -80,8 +84,7 @@ class Backing:
 
     def write_state(self, rel: str, persisted: Persisted, *, durable: bool) -> Fingerprint:
         """Persist state for the content currently in the backing file."""
-        path = self.abs(rel)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = self.tree.open(rel, os.O_RDONLY)
         try:
             fp = Fingerprint.of(os.fstat(fd))
             os.setxattr(fd, STATE_XATTR, encode_state(persisted, fp))
@@ -90,7 +93,7 @@ class Backing:
         finally:
             os.close(fd)
         if durable:
-            self.sync_dir(os.path.dirname(rel))
+            self.sync_dir(parent_of(rel))
         return fp
 
     @staticmethod
@@ -103,17 +106,41 @@ class Backing:
         return fp
 
     def sync_dir(self, rel_dir: str) -> None:
-        fd = os.open(self.abs(rel_dir), os.O_RDONLY | os.O_DIRECTORY)
+        self.tree.sync_dir(rel_dir)
+
+    def exists(self, rel: str) -> bool:
+        """Whether a node (of any kind; a symlink is not followed) is at ``rel``."""
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self.lstat(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    def makedirs(self, rel: str, mode: int = 0o777) -> None:
+        """``mkdir -p`` of ``rel``, one name at a time through the tree."""
+        names = [n for n in rel.split("/") if n]
+        for i in range(1, len(names) + 1):
+            try:
+                self.tree.mkdir("/".join(names[:i]), mode)
+            except FileExistsError:
+                pass
+
+    def remove(self, rel: str) -> None:
+        """Unlink ``rel`` if it is there."""
+        try:
+            self.tree.unlink(rel)
+        except FileNotFoundError:
+            pass
 
     def is_regular(self, rel: str) -> bool:
         try:
             return stat.S_ISREG(self.lstat(rel).st_mode)
         except FileNotFoundError:
             return False
+
+
+def parent_of(rel: str) -> str:
+    return rel.rpartition("/")[0]
 
 
 def check_xattr_support(root: str) -> None:

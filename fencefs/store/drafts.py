@@ -17,17 +17,20 @@ import itertools
 import json
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 
 from fencefs.core.model import Persisted
 from fencefs.store.backing import STATE_XATTR, Backing, Fingerprint, encode_state
+from fencefs.store.trash import Trash
 
 log = logging.getLogger("fencefs.store")
 
 DRAFT_XATTR = "user.fencefs.draft"
 FICLONE = 0x40049409
 _MAX_NAME = 255
+_MAX_LABEL = 1024
 
 
 @dataclass(slots=True)
@@ -50,6 +53,9 @@ class Drafts:
         self._seq = itertools.count(1)
         for d in (backing.meta, self.dir, self.rejected_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
+        # installs rename from here onto a path the tree resolves
+        self.dir_fd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.trash = Trash(backing.tree, os.path.join(backing.meta, "trash"))
 
     # -- making drafts -----------------------------------------------------
 
@@ -58,10 +64,7 @@ class Drafts:
         path = os.path.join(self.dir, f"{os.getpid()}-{next(self._seq)}.draft")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.setxattr(
-                fd, DRAFT_XATTR,
-                json.dumps({"path": target, "identity": identity, "pid": pid}).encode(),
-            )
+            os.setxattr(fd, DRAFT_XATTR, draft_label(target, identity, pid))
             if source_fd is not None:
                 copy_content(source_fd, fd)
         except BaseException:
@@ -78,15 +81,17 @@ class Drafts:
         Runs before the commit's check: the state written here is the one the
         commit will install if the check passes (version = base + 1).
         """
-        _copy_metadata(self.backing.abs(draft.target), draft.fd)
+        _copy_metadata(self.backing, draft.target, draft.fd)
         fp = Fingerprint.of(os.fstat(draft.fd))
         os.setxattr(draft.fd, STATE_XATTR, encode_state(persisted, fp))
         if durable:
             os.fsync(draft.fd)
 
     def install(self, draft: Draft) -> None:
-        """The atomic step: the draft becomes the file's content."""
-        os.rename(draft.path, self.backing.abs(draft.target))
+        """The atomic step: the draft becomes the file's content. (The
+        content it replaces is freed by the trash, off the request path.)"""
+        self.trash.keep(draft.target)
+        self.backing.tree.rename_from(self.dir_fd, draft.name, draft.target)
 
     def discard(self, draft: Draft) -> None:
         """Close and delete a draft. A draft that cannot be deleted (a store
@@ -107,7 +112,7 @@ class Drafts:
         name = rejected_name(draft.target, identity, reason)
         dest = os.path.join(self.rejected_dir, name)
         try:
-            _copy_access(self.backing.abs(draft.target), draft.fd)
+            _copy_access(self.backing, draft.target, draft.fd)
             os.removexattr(draft.fd, DRAFT_XATTR)
         except OSError:
             pass
@@ -132,13 +137,26 @@ class Drafts:
         try:  # readable by those who may read the file it was meant for
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                _copy_access(self.backing.abs(target), fd)
+                _copy_access(self.backing, target, fd)
             finally:
                 os.close(fd)
         except OSError:
             pass  # the file is gone: the draft stays private (0600, the daemon's)
         os.rename(path, os.path.join(self.rejected_dir, name))
         return name
+
+
+def draft_label(target: str, identity: str, pid: int) -> bytes:
+    """What a draft says of itself, for the recovery of an orphan: its
+    target, who wrote it. An attribute value has a few KiB at most (ext4:
+    one block for all of a file's attributes), and a path can be longer
+    than PATH_MAX: a long target is cut, and marked cut with ``//`` (no
+    path has it, so an orphan of a cut target is never taken for a file
+    and stays private, mode 0600)."""
+    if len(target.encode("utf-8", "surrogateescape")) > _MAX_LABEL:
+        target = target.encode("utf-8", "surrogateescape")[:_MAX_LABEL].decode(
+            "utf-8", "ignore") + "//(cut)"
+    return json.dumps({"path": target, "identity": identity[:256], "pid": pid}).encode()
 
 
 def rejected_name(target: str, identity: str, reason: str) -> str:
@@ -220,32 +238,34 @@ def _copy_fallback(src: int, dst: int, offset: int, count: int) -> int:
     return len(data)
 
 
-def _copy_access(target_abs: str, fd: int) -> None:
+def _copy_access(backing: Backing, target: str, fd: int) -> None:
     """A rejected write keeps the owner and mode of the file it was meant
     for: whoever could not read that file cannot read its rejected writes."""
-    st = os.lstat(target_abs)
+    st = backing.lstat(target)
     if os.geteuid() == 0:
         os.fchown(fd, st.st_uid, st.st_gid)
     os.fchmod(fd, st.st_mode & 0o7777)
 
 
-def _copy_metadata(target_abs: str, fd: int) -> None:
+def _copy_metadata(backing: Backing, target: str, fd: int) -> None:
     """Mode, owner and user xattrs of the committed file carry over."""
     try:
-        st = os.lstat(target_abs)
+        st = backing.lstat(target)
     except FileNotFoundError:
         return
-    os.fchmod(fd, st.st_mode & 0o7777)
-    if os.geteuid() == 0:
+    if os.geteuid() == 0:  # first: a chown clears S_ISUID and S_ISGID
         os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, st.st_mode & 0o7777)
+    if not stat.S_ISREG(st.st_mode):
+        return
     try:
-        names = os.listxattr(target_abs, follow_symlinks=False)
+        names = backing.tree.listxattr(target)
     except OSError:
         return
     for name in names:
         if name.startswith("user.") and name not in (STATE_XATTR, DRAFT_XATTR):
             try:
-                os.setxattr(fd, name, os.getxattr(target_abs, name, follow_symlinks=False))
+                os.setxattr(fd, name, backing.tree.getxattr(target, name))
             except OSError:
                 pass
 

@@ -125,10 +125,12 @@ class Snapshots:
         under = check_under(under)
         if self.exists(name):
             raise FileExistsError(errno.EEXIST, f"snapshot {name!r} exists")
-        src_root = self.backing.abs(under)
-        st = os.lstat(src_root)
+        st = self.backing.lstat(under)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(errno.ENOTDIR, f"{under!r} is not a directory")
+        # Walked through descriptors (a directory swapped for a symlink
+        # during the walk is not followed out of the backing directory).
+        src_root = self.backing.tree.open(under, os.O_RDONLY | os.O_DIRECTORY)
         tmp = os.path.join(self.dir, _TMP + name)
         shutil.rmtree(tmp, ignore_errors=True)
         start = time.monotonic()
@@ -140,6 +142,8 @@ class Snapshots:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            os.close(src_root)
         return Cut(name, under, files, time.monotonic() - start)
 
     def finish(self, cut: Cut, *, durable: bool = True, now: float | None = None
@@ -162,33 +166,48 @@ class Snapshots:
             self.backing.sync_dir(os.path.relpath(self.meta_dir, self.backing.root))
         return info
 
-    def _cut(self, src_root: str, under: str, dst_root: str, files: list[str],
+    def _cut(self, src_root: int, under: str, dst_root: str, files: list[str],
              copy_instead: Callable[[str], bool]) -> None:
         """Directories made, regular files linked (copied where asked),
         symlinks recreated; nothing else is read (versions and sizes are
-        read from the links afterwards, outside the step)."""
-        stack = [("", src_root, dst_root)]
+        read from the links afterwards, outside the step). ``src_root`` is a
+        descriptor of the directory cut; each directory below is opened
+        from its parent's descriptor with O_NOFOLLOW."""
+        stack = [("", os.dup(src_root), dst_root)]
+        try:
+            self._walk(stack, under, files, copy_instead)
+        finally:
+            for _, fd, _ in stack:  # left by an error half-way
+                os.close(fd)
+
+    def _walk(self, stack: list[tuple[str, int, str]], under: str, files: list[str],
+              copy_instead: Callable[[str], bool]) -> None:
         while stack:
             rel, src, dst = stack.pop()
-            with os.scandir(src) as it:
-                entries = list(it)
-            for e in entries:
-                sub = f"{rel}/{e.name}" if rel else e.name
-                full = f"{under}/{sub}" if under else sub
-                if full in (META_DIR, ".fencefs-xattr-probe"):
-                    continue
-                target = os.path.join(dst, e.name)
-                if e.is_dir(follow_symlinks=False):
-                    _mkdir_like(target, e.stat(follow_symlinks=False))
-                    stack.append((sub, e.path, target))
-                elif e.is_file(follow_symlinks=False):
-                    if copy_instead(full):
-                        _copy(e.path, target)
-                    else:
-                        os.link(e.path, target, follow_symlinks=False)
-                    files.append(sub)
-                elif e.is_symlink():
-                    os.symlink(os.readlink(e.path), target)
+            try:
+                with os.scandir(src) as it:
+                    entries = list(it)
+                for e in entries:
+                    sub = f"{rel}/{e.name}" if rel else e.name
+                    full = f"{under}/{sub}" if under else sub
+                    if full in (META_DIR, ".fencefs-xattr-probe"):
+                        continue
+                    target = os.path.join(dst, e.name)
+                    if e.is_dir(follow_symlinks=False):
+                        _mkdir_like(target, e.stat(follow_symlinks=False))
+                        child = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                        | os.O_CLOEXEC, dir_fd=src)
+                        stack.append((sub, child, target))
+                    elif e.is_file(follow_symlinks=False):
+                        if copy_instead(full):
+                            _copy(src, e.name, target)
+                        else:
+                            os.link(e.name, target, src_dir_fd=src, follow_symlinks=False)
+                        files.append(sub)
+                    elif e.is_symlink():
+                        os.symlink(os.readlink(e.name, dir_fd=src), target)
+            finally:
+                os.close(src)
 
     def _versions(self, name: str, files: list[str]) -> tuple[dict[str, list[int]], int]:
         """Each linked file's (version, epoch) and the total size, read from
@@ -280,8 +299,8 @@ def _mkdir_like(path: str, st: os.stat_result) -> None:
     os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
-def _copy(src: str, dst: str) -> None:
-    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _copy(src_dir: int, name: str, dst: str) -> None:
+    sfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
     try:
         dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:

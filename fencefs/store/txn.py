@@ -114,7 +114,7 @@ class TxnStore:
             if not item.delete:
                 parent = os.path.dirname(item.target)
                 if parent:
-                    os.makedirs(self.backing.abs(parent), exist_ok=True)
+                    self.backing.makedirs(parent)
         self._step("before-intent")
         self.journal.record(
             "txn-intent", items[0].target, txn=txn, identity=identity, pid=pid,
@@ -131,7 +131,7 @@ class TxnStore:
         self._step("after-renames")
         for item in items:
             if item.delete:
-                _remove(self.backing.abs(item.target))
+                self.backing.remove(item.target)
                 self.drafts.discard(item.draft)
         self._step("after-deletes")
         self.journal.record("txn-commit", items[0].target, txn=txn, identity=identity,
@@ -171,14 +171,15 @@ class TxnStore:
             path = by_name.pop(str(m.get("draft")), None)
             if m.get("delete"):
                 if path is not None:  # the marker is removed after its delete
-                    _remove(self.backing.abs(target))
+                    self.backing.remove(target)
                     os.unlink(path)
                     finished.append(target)
             elif path is not None:  # still in drafts/: not renamed yet
                 parent = os.path.dirname(target)
                 if parent:
-                    os.makedirs(self.backing.abs(parent), exist_ok=True)
-                os.rename(path, self.backing.abs(target))
+                    self.backing.makedirs(parent)
+                self.backing.tree.rename_from(self.drafts.dir_fd, os.path.basename(path),
+                                              target)
                 finished.append(target)
         for path in by_name.values():  # a draft the intent does not name
             self.drafts.put_away(path, "?", "?", "abandoned")
@@ -207,12 +208,6 @@ class TxnStore:
                                    rolled="back", files=sorted(files), rejected=rejected,
                                    identity=found[0][1].get("identity") if found else None)
 
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def find_intent(journal_path: str, txn: str, *,
