@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import require_fuse
+from tests.support.mount import require_fuse
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = [sys.executable, str(REPO / "scripts" / "bench"), "--quick", "--rounds", "1"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, mounted, require_fuse
+from tests.support.mount import Mount, mounted, require_fuse
 
 
 def fencefs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,8 @@ import pytest
 
 from fencefs import client
 from fencefs.client import ClaimBusy, FenceConflict, Fenced, FenceError
-from tests.conftest import Mount, run_py
+from tests.support.mount import Mount
+from tests.support.procs import run_py
 
 
 def racing(n: int) -> Callable[[Callable[[bytes], bytes]], Callable[[bytes], bytes]]:

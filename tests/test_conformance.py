@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 Outcome = tuple[str, Any]
 

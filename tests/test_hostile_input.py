@@ -25,7 +25,8 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import ROOT, Mount, run_py
+from tests.support.mount import ROOT, Mount
+from tests.support.procs import run_py
 
 CONTROL = ("version", "epoch", "claims", "claim", "policy", "reclaim", "renew", "status",
            "reclaim-expired", "reclaim-agent", "state", "draft", "", "x" * 200)
@@ -468,7 +469,7 @@ def apply(m: Mount, action: tuple[object, ...]) -> None:
 
 @pytest.fixture(scope="module")
 def shared_mount(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from tests.conftest import require_fuse
+    from tests.support.mount import require_fuse
 
     require_fuse()
     base = tmp_path_factory.mktemp("hostile")

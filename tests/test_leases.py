@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from tests.conftest import Mount, run_py
+from tests.support.mount import Mount
+from tests.support.procs import run_py
 
 HOLDER = textwrap.dedent("""
     import os, sys, errno

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, require_fuse
+from tests.support.mount import ROOT, require_fuse
 
 
 def load(tmp_path: Path, seconds: float) -> dict[str, str]:

@@ -32,8 +32,8 @@ from hypothesis.stateful import (
 )
 
 from fencefs.core import Coordinator, FenceError, Persisted
-from tests.conftest import Mount, require_fuse
 from tests.model import Model
+from tests.support.mount import Mount, require_fuse
 
 T = TypeVar("T")
 FILES = ("a.md", "b.json")

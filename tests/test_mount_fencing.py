@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.conftest import Mount, open_barrier, run_py
+from tests.support.mount import Mount
+from tests.support.procs import open_barrier, run_py
 
 # A writer process: opens FILE for writing, says "ready", waits for a line on
 # stdin, writes its payload, closes, and prints the outcome.

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 
 def test_directories_files_rename_unlink(mount: Mount) -> None:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, open_barrier, run_py
+from tests.support.mount import Mount
+from tests.support.procs import open_barrier, run_py
 
 MiB = 1 << 20
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, require_fuse
+from tests.support.mount import Mount, require_fuse
 
 USER = "fencefs-test"
 PYTHON = "/usr/bin/python3"  # the test's own interpreter may sit where others cannot go

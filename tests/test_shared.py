@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Mount, run_py
+from tests.support.mount import Mount
+from tests.support.procs import run_py
 
 
 def xattr(path: str, name: str) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Mount, require_fuse
+from tests.support.mount import ROOT, Mount, require_fuse
 
 
 def torture(tmp_path: Path, *args: str, timeout: float) -> dict[str, str]:

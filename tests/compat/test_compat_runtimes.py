@@ -9,7 +9,8 @@ import sys
 import textwrap
 
 from tests.compat.programs import need, read, version
-from tests.conftest import Mount, run_py
+from tests.support.mount import Mount
+from tests.support.procs import run_py
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

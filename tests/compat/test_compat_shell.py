@@ -25,7 +25,7 @@ from tests.compat.programs import (
     tree,
     version,
 )
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 # -- in-place editors: a temporary file renamed over the target --------------
 

@@ -11,7 +11,8 @@ import textwrap
 import pytest
 
 from tests.compat.programs import need, sh, version
-from tests.conftest import Mount, open_barrier
+from tests.support.mount import Mount
+from tests.support.procs import open_barrier
 
 ROWS = 500
 
