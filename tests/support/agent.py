@@ -639,6 +639,11 @@ class Agent:
             self.proc.communicate(timeout=timeout)
         return self.proc.returncode
 
+    def wait(self, timeout: float = 30) -> int:
+        """Wait for the agent to end (it exited or was killed); its status."""
+        self.proc.communicate(timeout=timeout)
+        return self.proc.returncode
+
     def kill(self, sig: int = 9) -> int:
         self.proc.send_signal(sig)
         self.proc.communicate(timeout=30)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
+import time
 
 
 def open_barrier(procs: list[subprocess.Popen[str]]) -> None:
@@ -21,3 +23,30 @@ def run_py(code: str, *args: str, env: dict[str, str] | None = None,
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+# System call numbers, as /proc/PID/syscall shows them.
+SYSCALLS = {
+    "x86_64": {"openat": 257, "read": 0, "write": 1, "close": 3, "fsync": 74},
+    "aarch64": {"openat": 56, "read": 63, "write": 64, "close": 57, "fsync": 82},
+}
+
+
+def in_syscall(pid: int, name: str) -> bool:
+    """Whether process ``pid`` (its main thread) is blocked in system call ``name``."""
+    number = SYSCALLS[platform.machine()][name]
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return bool(fields) and fields[0] == str(number)
+
+
+def wait_in_syscall(pid: int, name: str, timeout: float = 20) -> None:
+    """Wait until process ``pid`` is blocked in system call ``name`` (evidence
+    that it waits there, where a sleep would only hope so)."""
+    deadline = time.monotonic() + timeout
+    while not in_syscall(pid, name):
+        assert time.monotonic() < deadline, f"process {pid} never blocked in {name}"
+        time.sleep(0.01)
