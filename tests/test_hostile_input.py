@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from tests.support.agent import Agent, run_agent
 from tests.support.mount import ROOT, Mount
 from tests.support.procs import run_py
 
@@ -87,15 +87,10 @@ def test_hostile_names_work_end_to_end(mount: Mount) -> None:
     assert len(log.stdout.splitlines()) == 1 + len(journal)
     as_json = fencefs_cli("log", str(mount.mnt), "--json")
     assert [json.loads(line) for line in as_json.stdout.splitlines()] == journal
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import os, sys
-        fds = [os.open(os.fsencode(p), os.O_RDWR) for p in sys.argv[1:]]
-        print("ready", flush=True)
-        sys.stdin.readline()
-    """), *[os.fsdecode(mnt + b"/" + n) for n in HOSTILE_NAMES]],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = Agent()
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        for n in HOSTILE_NAMES:  # a write claim on each
+            holder.ok("open", os.fsdecode(mnt + b"/" + n), "O_RDWR")
         status = fencefs_cli("status", str(mount.mnt))
         assert status.returncode == 0, status.stderr
         assert no_control_chars(status.stdout), status.stdout
@@ -107,7 +102,6 @@ def test_hostile_names_work_end_to_end(mount: Mount) -> None:
         assert len(reclaim.stdout.splitlines()) == len(HOSTILE_NAMES)
     finally:
         holder.kill()
-        holder.communicate()
     alive(mount)
 
 
@@ -130,25 +124,16 @@ def test_hostile_agent_values_are_bounded(mount: Mount) -> None:
         "binary": os.fsdecode(b"\xff\xfe\x01\n\x1b[2J" * 50),
         "spaces": "  agent with = signs and spaces  ",
     }
-    code = textwrap.dedent("""
-        import os, sys
-        path = sys.argv[1]
-        with open(path) as f:
-            f.read()
-        fd = os.open(path, os.O_RDWR)
-        os.write(fd, b"zombie")
-        print(os.getxattr(path, "user.fencefs.claim").decode("utf-8", "replace"), end="")
-        os.setxattr(path, "user.fencefs.reclaim", b"1")
-        try:
-            os.close(fd)
-        except OSError as e:
-            print("CLOSE", e.errno)
-    """)
     for label, value in agents.items():
-        out = run_py(code, path, env={"FENCEFS_AGENT": value})
-        assert out.returncode == 0, (label, out.stderr)
-        claim, _, closed = out.stdout.partition("CLOSE")
-        assert closed.strip() == str(errno.ESTALE), (label, out.stdout)
+        with Agent(value) as agent:  # reads, writes a draft, reclaims its own file
+            agent.ok("readfile", path)
+            fd = agent.ok("open", path, "O_RDWR")
+            agent.ok("write", fd, "zombie")
+            claim = agent.ok("getxattr", path, "user.fencefs.claim")
+            agent.ok("setxattr", path, "user.fencefs.reclaim", "1")
+            closed = agent.do("close", fd)
+            assert agent.close() == 0, label
+        assert closed == {"err": "ESTALE", "stage": "close"}, (label, closed)
         lines = claim.splitlines()
         assert len(lines) == 2, (label, claim)  # one read claim, one write claim
         for line in lines:
@@ -239,36 +224,22 @@ def test_symlinks_cannot_lead_outside_even_in_chains(mount: Mount, tmp_path: Pat
     alive(mount)
 
 
-HOLDER = textwrap.dedent("""
-    import errno, os, sys
-    path, n = sys.argv[1], int(sys.argv[2])
-    fds, failures = [], {}
-    for i in range(n):
-        try:
-            fds.append(os.open(path, os.O_RDONLY))
-        except OSError as e:
-            failures[errno.errorcode[e.errno]] = failures.get(errno.errorcode[e.errno], 0) + 1
-    print(len(fds), failures, flush=True)
-    sys.stdin.readline()
-""")
-
-
 def daemon_fds(m: Mount) -> int:
     assert m.proc is not None
     return len(os.listdir(f"/proc/{m.proc.pid}/fd"))
 
 
-def hold(path: str, n: int) -> tuple[subprocess.Popen[str], int, dict[str, int]]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, path, str(n)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    count, _, failures = proc.stdout.readline().partition(" ")
-    return proc, int(count), eval(failures)  # noqa: S307 - our own child's dict
+def hold(path: str, n: int) -> tuple[Agent, int, dict[str, int]]:
+    """An agent that opened ``path`` read-only ``n`` times and holds them; how
+    many opens it got, and the failures by errno name."""
+    agent = Agent()
+    count, failures = agent.ok("hoard", path, n)
+    return agent, count, failures
 
 
-def release(procs: list[subprocess.Popen[str]]) -> None:
+def release(procs: list[Agent]) -> None:
     for proc in procs:
-        proc.communicate("\n", timeout=60)
+        proc.close(timeout=60)
 
 
 def wait_for_fds(m: Mount, at_most: int) -> int:
@@ -337,20 +308,10 @@ def test_tens_of_thousands_of_open_handles(mount: Mount) -> None:
 def test_a_client_that_opens_and_never_closes(make_mount) -> None:  # type: ignore[no-untyped-def]
     m: Mount = make_mount("--policy", "exclusive", "--lease-ttl", "1s")
     path = m.seed("plan.md", "v1")
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import os, sys
-        fd = os.open(sys.argv[1], os.O_RDWR)
-        os.write(fd, b"never committed")
-        print("ready", flush=True)
-        sys.stdin.readline()
-        try:
-            os.close(fd)
-            print("closed")
-        except OSError as e:
-            print("close", e.errno)
-    """), path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = Agent()
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        fd = holder.ok("open", path, "O_RDWR")
+        holder.ok("write", fd, "never committed")
         os.kill(holder.pid, signal.SIGSTOP)  # hung for good
         with pytest.raises(OSError) as info:
             open(path, "w").close()
@@ -359,13 +320,9 @@ def test_a_client_that_opens_and_never_closes(make_mount) -> None:  # type: igno
         with open(path, "w") as f:  # the lease ran out: reclaimed, and in
             f.write("v2")
         os.kill(holder.pid, signal.SIGCONT)
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        assert holder.stdout.readline().strip() == f"close {errno.ESTALE}"
+        assert holder.do("close", fd) == {"err": "ESTALE", "stage": "close"}
     finally:
         holder.kill()
-        holder.communicate()
     with open(path) as f:
         assert f.read() == "v2"
     alive(m)
@@ -403,15 +360,6 @@ ACTION = st.one_of(
     st.tuples(st.just("agent"), env_text),
     st.tuples(st.just("unlink"), names),
 )
-
-AGENT_WRITER = textwrap.dedent("""
-    import os, sys
-    path = sys.argv[1]
-    with open(path, "a") as f:
-        f.write("x")
-    print(len(os.getxattr(path, "user.fencefs.claims")))
-""")
-
 
 def snapshot(root: Path, skip: set[Path]) -> dict[str, tuple[int, int, int]]:
     found = {}
@@ -458,9 +406,11 @@ def apply(m: Mount, action: tuple[object, ...]) -> None:
             os.setxattr(m.path("target.txt"), name, action[2])  # type: ignore[arg-type]
             assert os.getxattr(m.path("target.txt"), name) == action[2]
         elif kind == "agent":
-            out = run_py(AGENT_WRITER, m.path("agent.log"), env={"FENCEFS_AGENT": action[1]})  # type: ignore[dict-item]
-            assert out.returncode == 0, out.stderr
-            assert int(out.stdout) < 4096
+            log = m.path("agent.log")
+            answers = run_agent([["writefile", log, "x", "append"],
+                                 ["getxattr_len", log, "user.fencefs.claims"]], str(action[1]))
+            assert "ok" in answers[0], answers
+            assert answers[1]["ok"] < 4096
         elif kind == "unlink":
             os.unlink(at(action[1]))  # type: ignore[operator]
     except OSError as e:

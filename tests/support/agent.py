@@ -513,6 +513,7 @@ def _ops() -> dict[str, Any]:
         "stat": op_stat,
         "exists": os.path.exists,
         "getxattr": lambda p, name: text(step("getxattr", os.getxattr, p, name)),
+        "getxattr_len": lambda p, name: len(step("getxattr", os.getxattr, p, name)),
         "setxattr": op_setxattr,
         "removexattr": fd_call("removexattr", os.removexattr),
         "listxattr": lambda p: sorted(step("listxattr", os.listxattr, p)),
