@@ -190,6 +190,24 @@ def test_hostile_control_values_change_nothing(mount: Mount) -> None:
     alive(mount)
 
 
+@pytest.mark.parametrize("raw", [
+    b"\xff garbage", b"[]", b'{"v":-1,"e":0,"ino":1,"size":1,"mtime":1}',
+    b'{"v":1e400,"e":0,"ino":1,"size":1,"mtime":1}',  # no integer: once an OverflowError
+])
+def test_garbage_state_in_the_backing_file_reads_as_foreign(mount: Mount, raw: bytes) -> None:
+    """A state attribute written behind fencefs's back (garbage) reads as a
+    file fencefs never committed (version 0), no error in the daemon's log."""
+    (mount.backing / "odd.txt").write_text("behind its back")
+    os.setxattr(mount.backing / "odd.txt", "user.fencefs.state", raw)
+    path = mount.path("odd.txt")
+    with open(path) as f:
+        assert f.read() == "behind its back"
+    assert os.getxattr(path, "user.fencefs.version") == b"0"
+    mount.seed("odd.txt", "committed")
+    assert os.getxattr(path, "user.fencefs.version") == b"1"
+    alive(mount)
+
+
 def test_symlinks_cannot_lead_outside_even_in_chains(mount: Mount, tmp_path: Path) -> None:
     (tmp_path / "outside.txt").write_text("outside")  # next to backing/ and mnt/
     os.makedirs(mount.path("a/b"))
