@@ -34,6 +34,7 @@ from hypothesis.stateful import (
 from fencefs.core import Coordinator, FenceError, Persisted
 from tests.model import Model
 from tests.support.mount import Mount, require_fuse
+from tests.support.trace import check_trace
 
 T = TypeVar("T")
 FILES = ("a.md", "b.json")
@@ -77,7 +78,9 @@ class MountMachine(RuleBasedStateMachine):
             pool.shutdown()
         self.mount.stop()
         log = self.mount.log()
+        trace = check_trace(self.mount.journal_path())  # the journal follows the specs
         self.tmp.cleanup()
+        assert trace.returncode == 0, trace.stdout + trace.stderr
         assert "Traceback" not in log, log
 
     @initialize()

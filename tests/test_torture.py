@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.mount import ROOT, Mount, require_fuse
+from tests.support.trace import assert_follows_the_specs
 
 
 def torture(tmp_path: Path, *args: str, timeout: float) -> dict[str, str]:
@@ -40,6 +41,7 @@ def torture(tmp_path: Path, *args: str, timeout: float) -> dict[str, str]:
     assert counts["other errors"] == "{}"
     assert counts["commits verified"] == counts["commits acknowledged"]
     assert int(counts["commits acknowledged"]) > 0
+    assert_follows_the_specs(tmp_path / "torture" / "backing" / ".fencefs" / "journal.jsonl")
     return counts
 
 
@@ -123,6 +125,7 @@ def test_killed_at_the_journal_write_of_a_commit(tmp_path: Path, op: str) -> Non
         assert all(v <= version for v in net), \
             f"the journal has commits that never landed: {net}"
         assert os.listdir(m.backing / ".fencefs" / "drafts") == []
+        assert_follows_the_specs(m.journal_path())
     finally:
         m.stop()
     assert not re.search(r"Traceback| ERROR ", m.log())
