@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from tests.support.agent import Agent, run_agent
+from tests.support.explore import examples
 from tests.support.mount import ROOT, Mount
 from tests.support.procs import run_py
 
@@ -451,7 +452,7 @@ def shared_mount(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     assert "Traceback" not in log and " ERROR " not in log, f"daemon logged errors:\n{log}"
 
 
-@settings(max_examples=int(os.environ.get("FENCEFS_HOSTILE_EXAMPLES", "60")), deadline=None,
+@settings(max_examples=examples("FENCEFS_HOSTILE_EXAMPLES", 60, 1500), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
 @given(actions=st.lists(ACTION, min_size=1, max_size=6))

@@ -45,5 +45,6 @@ def test_load_bounded(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_load_sixty_seconds(tmp_path: Path) -> None:
     load(tmp_path, 60)

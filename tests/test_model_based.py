@@ -33,6 +33,7 @@ from hypothesis.stateful import (
 
 from fencefs.core import Coordinator, FenceError, Persisted
 from tests.model import Model
+from tests.support.explore import examples
 from tests.support.mount import Mount, require_fuse
 from tests.support.trace import check_trace
 
@@ -180,7 +181,7 @@ class MountMachine(RuleBasedStateMachine):
 
 
 MountMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("FENCEFS_MODEL_EXAMPLES", "12")),
+    max_examples=examples("FENCEFS_MODEL_EXAMPLES", 12, 200),
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=list(HealthCheck),
@@ -291,7 +292,7 @@ class CoreMachine(RuleBasedStateMachine):
 
 
 CoreMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("FENCEFS_CORE_EXAMPLES", "400")),
+    max_examples=examples("FENCEFS_CORE_EXAMPLES", 400, 10000),
     stateful_step_count=40,
     deadline=None,
 )

@@ -52,6 +52,7 @@ def test_torture_bounded(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4000)
 def test_torture_long(tmp_path: Path) -> None:
     counts = torture(tmp_path, "--kills", "60", "--seconds", "4", timeout=3600)
     assert counts["kills"] == "60"
