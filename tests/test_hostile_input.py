@@ -335,7 +335,7 @@ def test_a_client_that_opens_and_never_closes(make_mount) -> None:  # type: igno
         with pytest.raises(OSError) as info:
             open(path, "w").close()
         assert info.value.errno == errno.EBUSY  # its lease is still live
-        time.sleep(1.2)
+        m.wait_lease_expired("plan.md")
         with open(path, "w") as f:  # the lease ran out: reclaimed, and in
             f.write("v2")
         os.kill(holder.pid, signal.SIGCONT)

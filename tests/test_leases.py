@@ -116,7 +116,7 @@ def test_expired_lease_is_reclaimed_and_old_holder_fenced(make_mount) -> None:  
     path = seed(mount)
     old = holder(path, "stale work")
     old.send_signal(signal.SIGSTOP)  # stalls across the expiry
-    time.sleep(0.6)
+    mount.wait_lease_expired("plan.md")
     assert open_once(path, "new holder") == "ok"
     assert xattr(path, "epoch") == "1"
     reclaims = [e for e in mount.journal() if e["event"] == "reclaim"]
@@ -129,15 +129,21 @@ def test_expired_lease_is_reclaimed_and_old_holder_fenced(make_mount) -> None:  
 
 
 def test_live_lease_renewed_by_writes_and_setfattr(make_mount) -> None:  # type: ignore[no-untyped-def]
-    mount = make_mount("--policy", "exclusive", "--lease-ttl", "400ms")
+    # A TTL long enough that no process start outlasts it; renewed four
+    # times, each once a second of it has gone: 4 s in all, past the TTL.
+    mount = make_mount("--policy", "exclusive", "--lease-ttl", "3s")
     path = seed(mount)
     env = {"FENCEFS_AGENT": "keeper"}
     first = holder(path, "first", env)
     try:
-        for _ in range(4):  # 1.2 s in all, three times the TTL
-            time.sleep(0.2)
+        for _ in range(4):
+            deadline = time.monotonic() + 30
+            while min(mount.leases_left("plan.md")) > 2.0:  # a second went by
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
             subprocess.run(["setfattr", "-n", "user.fencefs.renew", "-v", "1", path],
                            check=True, env={**os.environ, **env})
+            assert min(mount.leases_left("plan.md")) > 2.0  # renewed to the full TTL
         assert open_once(path, "intruder") == "EBUSY"
     finally:
         assert finish(first) == "ok"
@@ -152,7 +158,7 @@ def test_reclaim_expired_and_agent(make_mount) -> None:  # type: ignore[no-untyp
     a, b, c = (seed(mount, n) for n in ("a.md", "b.md", "c.md"))
     bob = holder(a, "bob's", {"FENCEFS_AGENT": "bob"})
     run_py("import sys; open(sys.argv[1]).read()", b, env={"FENCEFS_AGENT": "bob"})
-    time.sleep(0.4)
+    mount.wait_lease_expired("a.md")
     cli = [sys.executable, "-m", "fencefs.cli", "reclaim"]
     out = subprocess.run([*cli, "--expired", str(mount.mnt)], capture_output=True, text=True)
     assert out.returncode == 0 and "a.md: reclaimed, epoch 1" in out.stdout

@@ -115,8 +115,9 @@ def test_symlinks_inside_only(mount: Mount) -> None:
     with pytest.raises(OSError) as info:
         os.readlink(mount.path("planted"))
     assert info.value.errno == errno.EPERM
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as info:
         open(mount.path("planted")).close()
+    assert info.value.errno == errno.EPERM
 
 
 def test_hard_links_refused(mount: Mount) -> None:
@@ -184,8 +185,9 @@ def test_foreign_write_is_adopted_and_journaled(mount: Mount) -> None:
     with pytest.raises(OSError) as info:
         os.write(stale, b"x")
     assert info.value.errno == errno.EAGAIN
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as info:
         os.close(stale)
+    assert info.value.errno == errno.EAGAIN
     assert any(e["event"] == "foreign" and e["file"] == "plan.md" for e in mount.journal())
 
 

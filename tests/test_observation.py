@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -218,7 +217,9 @@ def test_shell_agent_observation_survives_thinking_time(
     assert sh("cat plan.md", mount.mnt, agent="alpha").stdout == "v1\n"
     assert sh("cat plan.md", mount.mnt, agent="beta").stdout == "v1\n"
     assert sh(heredoc("plan.md", "v1 + beta\n"), mount.mnt, agent="beta").returncode == 0
-    time.sleep(2.6)  # alpha thinks for a while (longer than the daemon's upkeep period)
+    # alpha thinks for a while: until the daemon's upkeep has run (which drops
+    # the claims of identities whose processes all exited).
+    mount.wait_upkeep()
     late = sh(heredoc("plan.md", "v1 + alpha\n"), mount.mnt, agent="alpha")
     assert read(path) == "v1 + beta\n"
     assert late.returncode != 0 and "Resource temporarily unavailable" in late.stderr
@@ -669,11 +670,11 @@ def test_claims_of_exited_process_are_dropped(make_mount: Callable[..., Mount]) 
     mount = make_mount("--upkeep-interval", "0.2")
     path = mount.path("plan.md")
     write_blind(path, "v1\n")
-    proc = subprocess.run([sys.executable, "-c",
-                           "import os,sys; open(sys.argv[1]).read(); print(os.getpid())", path],
-                          capture_output=True, text=True, env=clean_env(), check=True)
-    identity = f"identity=pid:{proc.stdout.strip()} kind=read"
-    assert identity in xattr(path, "claims")
+    reader = Agent()
+    reader.ok("readfile", path)
+    identity = f"identity=pid:{reader.pid} kind=read"
+    assert identity in xattr(path, "claims")  # kept while the reader lives
+    assert reader.close() == 0
     deadline = time.monotonic() + 10
     while identity in xattr(path, "claims"):
         assert time.monotonic() < deadline, "claims of an exited process were never dropped"

@@ -17,13 +17,18 @@ ROWS = 500
 def test_sqlite3_one_process_1000_rows_in_a_transaction(mount: Mount) -> None:
     need("sqlite3")
     inserts = "".join(f"insert into t values ({i}, 'row {i}');" for i in range(1000))
-    sh(f"sqlite3 app.db \"create table t (id integer primary key, v text); begin; {inserts} "
-       "commit;\"", mount.mnt)
+    sh("sqlite3 app.db 'create table t (id integer primary key, v text);'", mount.mnt)
+    created = version(mount.path("app.db"))
+    assert created >= 1  # the table's creation was written and committed
+    sh(f"sqlite3 app.db \"begin; {inserts} commit;\"", mount.mnt)
     out = sh("sqlite3 app.db 'select count(*), sum(id) from t; pragma integrity_check;'",
              mount.mnt).stdout
     assert out == f"1000|{sum(range(1000))}\nok\n"
     assert os.getxattr(mount.path("app.db"), "user.fencefs.policy") == b"shared"
-    assert version(mount.path("app.db")) >= 1
+    # The transaction's commit made versions of the database, each journaled.
+    assert version(mount.path("app.db")) > created
+    commits = [e for e in mount.journal() if e["file"] == "app.db" and e["event"] == "commit"]
+    assert [e["new_version"] for e in commits] == list(range(1, version(mount.path("app.db")) + 1))
     assert not os.path.exists(mount.path("app.db-journal"))
 
 

@@ -8,6 +8,7 @@ where a skip is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,3 +136,37 @@ class Mount:
 
     def rejected(self) -> list[str]:
         return sorted(os.listdir(self.backing / ".fencefs" / "rejected"))
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every file with claims (user.fencefs.status on the root)."""
+        rows: list[dict[str, Any]] = json.loads(os.getxattr(self.mnt, "user.fencefs.status"))
+        return rows
+
+    def leases_left(self, name: str) -> list[float]:
+        """Seconds left on the leases of the write claims on ``name``."""
+        return [c["lease_left"] for row in self.status() if row["file"] == name
+                for c in row["claims"] if c["kind"] == "write" and c["lease_left"] is not None]
+
+    def wait_lease_expired(self, name: str, timeout: float = 30) -> None:
+        """Wait until a write claim's lease on ``name`` has run out (evidence,
+        from the daemon's own clock, not a sleep hoped to be long enough)."""
+        deadline = time.monotonic() + timeout
+        while not any(left <= 0 for left in self.leases_left(name)):
+            assert time.monotonic() < deadline, f"no lease on {name} ran out"
+            time.sleep(0.02)
+
+    def wait_upkeep(self, timeout: float = 30) -> None:
+        """Wait until the daemon's upkeep has run (at least once) from now: an
+        unnamed reader (identity pid:N) that exits now has its read claim
+        dropped by the next upkeep. (Named agents' claims are never dropped.)"""
+        sentinel = self.path(".upkeep-sentinel")
+        if not os.path.exists(sentinel):
+            self.seed(".upkeep-sentinel", "s")
+        env = {k: v for k, v in os.environ.items() if k != "FENCEFS_AGENT"}
+        cat = subprocess.Popen(["cat", sentinel], env=env, stdout=subprocess.DEVNULL)
+        assert cat.wait(timeout=30) == 0
+        mine = f"identity=pid:{cat.pid} "
+        deadline = time.monotonic() + timeout
+        while mine in os.getxattr(sentinel, "user.fencefs.claims").decode():
+            assert time.monotonic() < deadline, "the daemon's upkeep never ran"
+            time.sleep(0.02)

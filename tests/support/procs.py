@@ -43,6 +43,28 @@ def in_syscall(pid: int, name: str) -> bool:
     return bool(fields) and fields[0] == str(number)
 
 
+def tracers(pid: int) -> list[int]:
+    """The TracerPid of every thread of process ``pid``."""
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("TracerPid:"):
+                        found.append(int(line.split()[1]))
+        except FileNotFoundError:
+            pass  # a thread that just ended
+    return found
+
+
+def wait_traced(pid: int, tracer: int, timeout: float = 20) -> None:
+    """Wait until ``tracer`` (strace -f -p) is attached to every thread of ``pid``."""
+    deadline = time.monotonic() + timeout
+    while not (found := tracers(pid)) or any(t != tracer for t in found):
+        assert time.monotonic() < deadline, f"{tracer} never traced all of {pid}: {found}"
+        time.sleep(0.01)
+
+
 def wait_in_syscall(pid: int, name: str, timeout: float = 20) -> None:
     """Wait until process ``pid`` is blocked in system call ``name`` (evidence
     that it waits there, where a sleep would only hope so)."""
