@@ -26,8 +26,8 @@ import pytest
 
 from fencefs.cli import build_parser
 from fencefs.mounting import UsageError, apply_options
-from tests.conftest import Mount, mounted, require_fuse
 from tests.mountns import NOBODY, in_namespace, need_namespaces
+from tests.support.mount import Mount, mounted, require_fuse
 
 PY = sys.executable
 
