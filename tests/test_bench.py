@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import require_fuse
+from tests.support.mount import require_fuse
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = [sys.executable, str(REPO / "scripts" / "bench"), "--quick", "--rounds", "1"]
@@ -34,8 +34,11 @@ def test_bench_side_by_side(tmp_path: Path) -> None:
         assert {"native", "passthrough", "fencefs"} <= set(medians), name
         assert all(m["ops"] > 0 for m in medians.values()), name
         assert row["fencefs/passthrough"] > 0, name
-    counter = cases["counter_8x"]["median"]["fencefs"]
-    assert counter["commit_p50_ms"] > 0 and counter["retries"] >= 0
+    # (The bench itself fails when a counter lost an update.) Only fencefs
+    # retries: the others take a lock around each increment.
+    counter = cases["counter_8x"]["median"]
+    assert counter["fencefs"]["commit_p50_ms"] > 0
+    assert counter["native"]["retries"] == counter["passthrough"]["retries"] == 0
 
 
 def test_bench_scaling_and_memory(tmp_path: Path) -> None:

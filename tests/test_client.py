@@ -8,7 +8,6 @@ import os
 import pickle
 import subprocess
 import sys
-import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,9 @@ import pytest
 
 from fencefs import client
 from fencefs.client import ClaimBusy, FenceConflict, Fenced, FenceError
-from tests.conftest import Mount, run_py
+from tests.support.agent import Agent, all_answer
+from tests.support.mount import Mount
+from tests.support.procs import run_py
 
 
 def racing(n: int) -> Callable[[Callable[[bytes], bytes]], Callable[[bytes], bytes]]:
@@ -196,21 +197,13 @@ def test_local_without_retries_the_loser_gets_the_conflict(tmp_path: Path) -> No
     assert client.read_versioned(path).data.count(b"\n") == 1
 
 
-COUNTER = textwrap.dedent("""
-    import sys
-    from fencefs import client
-    path, n = sys.argv[1], int(sys.argv[2])
-    for _ in range(n):
-        client.update(path, lambda b: str(int(b) + 1).encode(), retries=1000, backoff=0.001)
-""")
-
-
 def counter_race(path: str, procs: int, each: int) -> None:
     client.update(path, lambda _: b"0", create=True)
-    workers = [subprocess.Popen([sys.executable, "-c", COUNTER, path, str(each)],
-                                cwd=Path(__file__).resolve().parent.parent)
-               for _ in range(procs)]
-    assert [w.wait(120) for w in workers] == [0] * procs
+    # Each agent increments the counter ``each`` times with client.update.
+    workers = [Agent() for _ in range(procs)]
+    answers = all_answer(workers, "client_count", path, each)
+    assert [w.close(timeout=120) for w in workers] == [0] * procs
+    assert answers == [{"ok": each}] * procs
     data = client.read_versioned(path).data
     assert int(data) == procs * each
 

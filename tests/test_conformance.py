@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 Outcome = tuple[str, Any]
 
@@ -379,6 +379,7 @@ def test_large_file(mount: Mount) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_large_file_several_hundred_mib(mount: Mount) -> None:
     big_file_roundtrip(mount, 1024)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, require_fuse
+from tests.support.mount import Mount, require_fuse
 
 MiB = 1 << 20
 

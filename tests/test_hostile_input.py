@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -25,7 +24,10 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import ROOT, Mount, run_py
+from tests.support.agent import Agent, run_agent
+from tests.support.explore import examples
+from tests.support.mount import ROOT, Mount
+from tests.support.procs import run_py
 
 CONTROL = ("version", "epoch", "claims", "claim", "policy", "reclaim", "renew", "status",
            "reclaim-expired", "reclaim-agent", "state", "draft", "", "x" * 200)
@@ -86,15 +88,10 @@ def test_hostile_names_work_end_to_end(mount: Mount) -> None:
     assert len(log.stdout.splitlines()) == 1 + len(journal)
     as_json = fencefs_cli("log", str(mount.mnt), "--json")
     assert [json.loads(line) for line in as_json.stdout.splitlines()] == journal
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import os, sys
-        fds = [os.open(os.fsencode(p), os.O_RDWR) for p in sys.argv[1:]]
-        print("ready", flush=True)
-        sys.stdin.readline()
-    """), *[os.fsdecode(mnt + b"/" + n) for n in HOSTILE_NAMES]],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = Agent()
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        for n in HOSTILE_NAMES:  # a write claim on each
+            holder.ok("open", os.fsdecode(mnt + b"/" + n), "O_RDWR")
         status = fencefs_cli("status", str(mount.mnt))
         assert status.returncode == 0, status.stderr
         assert no_control_chars(status.stdout), status.stdout
@@ -106,7 +103,6 @@ def test_hostile_names_work_end_to_end(mount: Mount) -> None:
         assert len(reclaim.stdout.splitlines()) == len(HOSTILE_NAMES)
     finally:
         holder.kill()
-        holder.communicate()
     alive(mount)
 
 
@@ -129,25 +125,16 @@ def test_hostile_agent_values_are_bounded(mount: Mount) -> None:
         "binary": os.fsdecode(b"\xff\xfe\x01\n\x1b[2J" * 50),
         "spaces": "  agent with = signs and spaces  ",
     }
-    code = textwrap.dedent("""
-        import os, sys
-        path = sys.argv[1]
-        with open(path) as f:
-            f.read()
-        fd = os.open(path, os.O_RDWR)
-        os.write(fd, b"zombie")
-        print(os.getxattr(path, "user.fencefs.claim").decode("utf-8", "replace"), end="")
-        os.setxattr(path, "user.fencefs.reclaim", b"1")
-        try:
-            os.close(fd)
-        except OSError as e:
-            print("CLOSE", e.errno)
-    """)
     for label, value in agents.items():
-        out = run_py(code, path, env={"FENCEFS_AGENT": value})
-        assert out.returncode == 0, (label, out.stderr)
-        claim, _, closed = out.stdout.partition("CLOSE")
-        assert closed.strip() == str(errno.ESTALE), (label, out.stdout)
+        with Agent(value) as agent:  # reads, writes a draft, reclaims its own file
+            agent.ok("readfile", path)
+            fd = agent.ok("open", path, "O_RDWR")
+            agent.ok("write", fd, "zombie")
+            claim = agent.ok("getxattr", path, "user.fencefs.claim")
+            agent.ok("setxattr", path, "user.fencefs.reclaim", "1")
+            closed = agent.do("close", fd)
+            assert agent.close() == 0, label
+        assert closed == {"err": "ESTALE", "stage": "close"}, (label, closed)
         lines = claim.splitlines()
         assert len(lines) == 2, (label, claim)  # one read claim, one write claim
         for line in lines:
@@ -204,6 +191,24 @@ def test_hostile_control_values_change_nothing(mount: Mount) -> None:
     alive(mount)
 
 
+@pytest.mark.parametrize("raw", [
+    b"\xff garbage", b"[]", b'{"v":-1,"e":0,"ino":1,"size":1,"mtime":1}',
+    b'{"v":1e400,"e":0,"ino":1,"size":1,"mtime":1}',  # no integer: once an OverflowError
+])
+def test_garbage_state_in_the_backing_file_reads_as_foreign(mount: Mount, raw: bytes) -> None:
+    """A state attribute written behind fencefs's back (garbage) reads as a
+    file fencefs never committed (version 0), no error in the daemon's log."""
+    (mount.backing / "odd.txt").write_text("behind its back")
+    os.setxattr(mount.backing / "odd.txt", "user.fencefs.state", raw)
+    path = mount.path("odd.txt")
+    with open(path) as f:
+        assert f.read() == "behind its back"
+    assert os.getxattr(path, "user.fencefs.version") == b"0"
+    mount.seed("odd.txt", "committed")
+    assert os.getxattr(path, "user.fencefs.version") == b"1"
+    alive(mount)
+
+
 def test_symlink_chains_are_served_as_made(mount: Mount, tmp_path: Path) -> None:
     """Links that climb out of the mount, alone or through each other, and
     a link planted in the backing directory are served as made and followed
@@ -224,36 +229,22 @@ def test_symlink_chains_are_served_as_made(mount: Mount, tmp_path: Path) -> None
     alive(mount)
 
 
-HOLDER = textwrap.dedent("""
-    import errno, os, sys
-    path, n = sys.argv[1], int(sys.argv[2])
-    fds, failures = [], {}
-    for i in range(n):
-        try:
-            fds.append(os.open(path, os.O_RDONLY))
-        except OSError as e:
-            failures[errno.errorcode[e.errno]] = failures.get(errno.errorcode[e.errno], 0) + 1
-    print(len(fds), failures, flush=True)
-    sys.stdin.readline()
-""")
-
-
 def daemon_fds(m: Mount) -> int:
     assert m.proc is not None
     return len(os.listdir(f"/proc/{m.proc.pid}/fd"))
 
 
-def hold(path: str, n: int) -> tuple[subprocess.Popen[str], int, dict[str, int]]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, path, str(n)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    count, _, failures = proc.stdout.readline().partition(" ")
-    return proc, int(count), eval(failures)  # noqa: S307 - our own child's dict
+def hold(path: str, n: int) -> tuple[Agent, int, dict[str, int]]:
+    """An agent that opened ``path`` read-only ``n`` times and holds them; how
+    many opens it got, and the failures by errno name."""
+    agent = Agent()
+    count, failures = agent.ok("hoard", path, n)
+    return agent, count, failures
 
 
-def release(procs: list[subprocess.Popen[str]]) -> None:
+def release(procs: list[Agent]) -> None:
     for proc in procs:
-        proc.communicate("\n", timeout=60)
+        proc.close(timeout=60)
 
 
 def wait_for_fds(m: Mount, at_most: int) -> int:
@@ -322,35 +313,21 @@ def test_tens_of_thousands_of_open_handles(mount: Mount) -> None:
 def test_a_client_that_opens_and_never_closes(make_mount) -> None:  # type: ignore[no-untyped-def]
     m: Mount = make_mount("--policy", "exclusive", "--lease-ttl", "1s")
     path = m.seed("plan.md", "v1")
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import os, sys
-        fd = os.open(sys.argv[1], os.O_RDWR)
-        os.write(fd, b"never committed")
-        print("ready", flush=True)
-        sys.stdin.readline()
-        try:
-            os.close(fd)
-            print("closed")
-        except OSError as e:
-            print("close", e.errno)
-    """), path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = Agent()
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        fd = holder.ok("open", path, "O_RDWR")
+        holder.ok("write", fd, "never committed")
         os.kill(holder.pid, signal.SIGSTOP)  # hung for good
         with pytest.raises(OSError) as info:
             open(path, "w").close()
         assert info.value.errno == errno.EBUSY  # its lease is still live
-        time.sleep(1.2)
+        m.wait_lease_expired("plan.md")
         with open(path, "w") as f:  # the lease ran out: reclaimed, and in
             f.write("v2")
         os.kill(holder.pid, signal.SIGCONT)
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        assert holder.stdout.readline().strip() == f"close {errno.ESTALE}"
+        assert holder.do("close", fd) == {"err": "ESTALE", "stage": "close"}
     finally:
         holder.kill()
-        holder.communicate()
     with open(path) as f:
         assert f.read() == "v2"
     alive(m)
@@ -388,15 +365,6 @@ ACTION = st.one_of(
     st.tuples(st.just("agent"), env_text),
     st.tuples(st.just("unlink"), names),
 )
-
-AGENT_WRITER = textwrap.dedent("""
-    import os, sys
-    path = sys.argv[1]
-    with open(path, "a") as f:
-        f.write("x")
-    print(len(os.getxattr(path, "user.fencefs.claims")))
-""")
-
 
 def snapshot(root: Path, skip: set[Path]) -> dict[str, tuple[int, int, int]]:
     found = {}
@@ -450,9 +418,11 @@ def apply(m: Mount, action: tuple[object, ...]) -> None:
             os.setxattr(m.path("target.txt"), name, action[2])  # type: ignore[arg-type]
             assert os.getxattr(m.path("target.txt"), name) == action[2]
         elif kind == "agent":
-            out = run_py(AGENT_WRITER, m.path("agent.log"), env={"FENCEFS_AGENT": action[1]})  # type: ignore[dict-item]
-            assert out.returncode == 0, out.stderr
-            assert int(out.stdout) < 4096
+            log = m.path("agent.log")
+            answers = run_agent([["writefile", log, "x", "append"],
+                                 ["getxattr_len", log, "user.fencefs.claims"]], str(action[1]))
+            assert "ok" in answers[0], answers
+            assert answers[1]["ok"] < 4096
         elif kind == "unlink":
             os.unlink(at(action[1]))  # type: ignore[operator]
     except OSError as e:
@@ -461,7 +431,7 @@ def apply(m: Mount, action: tuple[object, ...]) -> None:
 
 @pytest.fixture(scope="module")
 def shared_mount(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from tests.conftest import require_fuse
+    from tests.support.mount import require_fuse
 
     require_fuse()
     base = tmp_path_factory.mktemp("hostile")
@@ -475,7 +445,7 @@ def shared_mount(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     assert "Traceback" not in log and " ERROR " not in log, f"daemon logged errors:\n{log}"
 
 
-@settings(max_examples=int(os.environ.get("FENCEFS_HOSTILE_EXAMPLES", "60")), deadline=None,
+@settings(max_examples=examples("FENCEFS_HOSTILE_EXAMPLES", 60, 1500), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
 @given(actions=st.lists(ACTION, min_size=1, max_size=6))

@@ -8,50 +8,45 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
-from tests.conftest import Mount, run_py
+from tests.support.agent import Agent, run_agent
+from tests.support.mount import Mount
+from tests.support.procs import in_syscall, run_py, wait_in_syscall
 
-HOLDER = textwrap.dedent("""
-    import os, sys, errno
-    fd = os.open(sys.argv[1], os.O_RDWR)
-    os.write(fd, sys.argv[2].encode())
-    print("holding", flush=True)
-    sys.stdin.readline()
+
+class Holder:
+    """An agent that opened ``path`` read-write and wrote ``text`` to it."""
+
+    def __init__(self, path: str, text: str, env: dict[str, str] | None = None) -> None:
+        self.agent = Agent((env or {}).get("FENCEFS_AGENT"))
+        self.pid = self.agent.pid
+        self.fd = self.agent.ok("open", path, "O_RDWR")
+        assert self.agent.ok("write", self.fd, text) == len(text)
+
+    def send_signal(self, sig: int) -> None:
+        self.agent.proc.send_signal(sig)
+
+
+def holder(path: str, text: str, env: dict[str, str] | None = None) -> Holder:
+    return Holder(path, text, env)
+
+
+def finish(proc: Holder) -> str:
+    """The holder writes " more" and closes: "ok" or the errno's name."""
     try:
-        os.write(fd, b" more")
-        os.close(fd)
-        print("ok", flush=True)
-    except OSError as e:
-        print(errno.errorcode[e.errno], flush=True)
-""")
-
-OPEN_ONCE = textwrap.dedent("""
-    import os, sys, errno
-    try:
-        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)
-        os.write(fd, sys.argv[2].encode())
-        os.close(fd)
-        print("ok", flush=True)
-    except OSError as e:
-        print(errno.errorcode[e.errno], flush=True)
-""")
+        return proc.agent.outcome("finish", proc.fd, " more")
+    finally:
+        proc.agent.close()
 
 
-def holder(path: str, text: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, path, text], text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            env={**os.environ, **(env or {})})
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
-    return proc
-
-
-def finish(proc: subprocess.Popen[str]) -> str:
-    out, _ = proc.communicate("go\n", timeout=30)
-    return out.strip()
+def open_once(path: str, text: str) -> str:
+    """A fresh process opens ``path`` O_WRONLY|O_TRUNC, writes, closes:
+    "ok" or the errno's name."""
+    answer = run_agent([["writefile", path, text, "O_WRONLY|O_TRUNC"]])[0]
+    return "ok" if "ok" in answer else str(answer["err"])
 
 
 def xattr(path: str, name: str) -> str:
@@ -68,12 +63,12 @@ def test_exclusive_second_writer_gets_ebusy(mount: Mount) -> None:
     assert xattr(path, "policy") == "exclusive"
     first = holder(path, "first")
     try:
-        assert run_py(OPEN_ONCE, path, "second").stdout.strip() == "EBUSY"
+        assert open_once(path, "second") == "EBUSY"
         # Readers are never kept out.
         assert run_py("import sys; print(open(sys.argv[1]).read())", path).stdout.strip() == "v1"
     finally:
         assert finish(first) == "ok"
-    assert run_py(OPEN_ONCE, path, "second").stdout.strip() == "ok"
+    assert open_once(path, "second") == "ok"
     assert any(e["event"] == "busy" for e in mount.journal())
 
 
@@ -81,54 +76,36 @@ def test_optimistic_never_busy(mount: Mount) -> None:
     path = seed(mount)
     first = holder(path, "first")
     try:
-        assert run_py(OPEN_ONCE, path, "second").stdout.strip() == "ok"
+        assert open_once(path, "second") == "ok"
     finally:
         assert finish(first) == "EAGAIN"
 
 
-def test_wait_succeeds_when_holder_closes(make_mount) -> None:  # type: ignore[no-untyped-def]
+def test_wait_succeeds_when_holder_closes(make_mount, agents) -> None:  # type: ignore[no-untyped-def]
     mount = make_mount("--policy", "exclusive", "--wait", "10")
     path = seed(mount)
     first = holder(path, "first")
-    waiter = subprocess.Popen([sys.executable, "-c", OPEN_ONCE, path, "second"],
-                              stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
-    assert waiter.poll() is None  # still waiting for the holder
+    waiter = agents()
+    waiter.send("writefile", path, "second", "O_WRONLY|O_TRUNC")
+    wait_in_syscall(waiter.pid, "openat")  # evidence: the waiter is inside its open
+    assert in_syscall(waiter.pid, "openat")  # still waiting for the holder
     assert finish(first) == "ok"
-    out, _ = waiter.communicate(timeout=10)
-    assert out.strip() == "ok"
+    assert waiter.answer() == {"ok": 6}
     with open(path) as f:
         assert f.read() == "second"
 
 
-def test_interrupted_wait_gets_eintr_and_leaves_no_claim(make_mount) -> None:  # type: ignore[no-untyped-def]
+def test_interrupted_wait_gets_eintr_and_leaves_no_claim(make_mount, agents) -> None:  # type: ignore[no-untyped-def]
     mount = make_mount("--policy", "exclusive", "--wait", "30")
     path = seed(mount)
     first = holder(path, "first")
-    code = textwrap.dedent("""
-        import os, sys, signal, errno
-        class Interrupted(Exception):
-            pass
-        def handler(signum, frame):
-            raise Interrupted()
-        signal.signal(signal.SIGUSR1, handler)
-        print("waiting", flush=True)
-        try:
-            os.open(sys.argv[1], os.O_WRONLY)
-            print("opened")
-        except Interrupted:
-            print("interrupted")
-        except OSError as e:
-            print(errno.errorcode[e.errno])
-    """)
-    waiter = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE,
-                              text=True)
-    assert waiter.stdout is not None and waiter.stdout.readline().strip() == "waiting"
-    time.sleep(0.3)
+    waiter = agents()
+    waiter.send("open_interruptible", path, "O_WRONLY")  # SIGUSR1 interrupts its open
+    waiter.wait_event("open")
+    wait_in_syscall(waiter.pid, "openat")  # evidence: it waits inside the open
     started = time.monotonic()
-    waiter.send_signal(signal.SIGUSR1)
-    out, _ = waiter.communicate(timeout=10)
-    assert out.strip() == "interrupted"
+    waiter.proc.send_signal(signal.SIGUSR1)
+    assert waiter.answer() == {"ok": "interrupted"}
     assert time.monotonic() - started < 5  # not the 30 s wait
     assert f"pid={waiter.pid}" not in xattr(path, "claims")
     assert finish(first) == "ok"
@@ -139,8 +116,8 @@ def test_expired_lease_is_reclaimed_and_old_holder_fenced(make_mount) -> None:  
     path = seed(mount)
     old = holder(path, "stale work")
     old.send_signal(signal.SIGSTOP)  # stalls across the expiry
-    time.sleep(0.6)
-    assert run_py(OPEN_ONCE, path, "new holder").stdout.strip() == "ok"
+    mount.wait_lease_expired("plan.md")
+    assert open_once(path, "new holder") == "ok"
     assert xattr(path, "epoch") == "1"
     reclaims = [e for e in mount.journal() if e["event"] == "reclaim"]
     assert reclaims and reclaims[0]["reason"] == "lease-expired"
@@ -152,16 +129,22 @@ def test_expired_lease_is_reclaimed_and_old_holder_fenced(make_mount) -> None:  
 
 
 def test_live_lease_renewed_by_writes_and_setfattr(make_mount) -> None:  # type: ignore[no-untyped-def]
-    mount = make_mount("--policy", "exclusive", "--lease-ttl", "400ms")
+    # A TTL long enough that no process start outlasts it; renewed four
+    # times, each once a second of it has gone: 4 s in all, past the TTL.
+    mount = make_mount("--policy", "exclusive", "--lease-ttl", "3s")
     path = seed(mount)
     env = {"FENCEFS_AGENT": "keeper"}
     first = holder(path, "first", env)
     try:
-        for _ in range(4):  # 1.2 s in all, three times the TTL
-            time.sleep(0.2)
+        for _ in range(4):
+            deadline = time.monotonic() + 30
+            while min(mount.leases_left("plan.md")) > 2.0:  # a second went by
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
             subprocess.run(["setfattr", "-n", "user.fencefs.renew", "-v", "1", path],
                            check=True, env={**os.environ, **env})
-        assert run_py(OPEN_ONCE, path, "intruder").stdout.strip() == "EBUSY"
+            assert min(mount.leases_left("plan.md")) > 2.0  # renewed to the full TTL
+        assert open_once(path, "intruder") == "EBUSY"
     finally:
         assert finish(first) == "ok"
     # Renewing without a write claim of your own is refused.
@@ -175,7 +158,7 @@ def test_reclaim_expired_and_agent(make_mount) -> None:  # type: ignore[no-untyp
     a, b, c = (seed(mount, n) for n in ("a.md", "b.md", "c.md"))
     bob = holder(a, "bob's", {"FENCEFS_AGENT": "bob"})
     run_py("import sys; open(sys.argv[1]).read()", b, env={"FENCEFS_AGENT": "bob"})
-    time.sleep(0.4)
+    mount.wait_lease_expired("a.md")
     cli = [sys.executable, "-m", "fencefs.cli", "reclaim"]
     out = subprocess.run([*cli, "--expired", str(mount.mnt)], capture_output=True, text=True)
     assert out.returncode == 0 and "a.md: reclaimed, epoch 1" in out.stdout
@@ -251,6 +234,6 @@ def test_mount_wide_default_policy(make_mount) -> None:  # type: ignore[no-untyp
     assert xattr(path, "policy") == "exclusive"
     first = holder(path, "first")
     try:
-        assert run_py(OPEN_ONCE, path, "second").stdout.strip() == "EBUSY"
+        assert open_once(path, "second") == "EBUSY"
     finally:
         assert finish(first) == "ok"

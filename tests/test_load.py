@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, require_fuse
+from tests.support.mount import ROOT, require_fuse
+from tests.support.trace import assert_follows_the_specs
 
 
 def load(tmp_path: Path, seconds: float) -> dict[str, str]:
@@ -34,6 +35,7 @@ def load(tmp_path: Path, seconds: float) -> dict[str, str]:
     assert after <= before
     rss = float(counts["daemon peak RSS"].split()[0])
     assert rss < 256, f"daemon peak RSS {rss} MiB"
+    assert_follows_the_specs(tmp_path / "load" / "backing" / ".fencefs" / "journal.jsonl")
     return counts
 
 
@@ -43,5 +45,6 @@ def test_load_bounded(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_load_sixty_seconds(tmp_path: Path) -> None:
     load(tmp_path, 60)

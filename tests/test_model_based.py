@@ -32,8 +32,10 @@ from hypothesis.stateful import (
 )
 
 from fencefs.core import Coordinator, FenceError, Persisted
-from tests.conftest import Mount, require_fuse
 from tests.model import Model
+from tests.support.explore import examples
+from tests.support.mount import Mount, require_fuse
+from tests.support.trace import check_trace
 
 T = TypeVar("T")
 FILES = ("a.md", "b.json")
@@ -77,7 +79,9 @@ class MountMachine(RuleBasedStateMachine):
             pool.shutdown()
         self.mount.stop()
         log = self.mount.log()
+        trace = check_trace(self.mount.journal_path())  # the journal follows the specs
         self.tmp.cleanup()
+        assert trace.returncode == 0, trace.stdout + trace.stderr
         assert "Traceback" not in log, log
 
     @initialize()
@@ -177,7 +181,7 @@ class MountMachine(RuleBasedStateMachine):
 
 
 MountMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("FENCEFS_MODEL_EXAMPLES", "12")),
+    max_examples=examples("FENCEFS_MODEL_EXAMPLES", 12, 200),
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=list(HealthCheck),
@@ -288,7 +292,7 @@ class CoreMachine(RuleBasedStateMachine):
 
 
 CoreMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("FENCEFS_CORE_EXAMPLES", "400")),
+    max_examples=examples("FENCEFS_CORE_EXAMPLES", 400, 10000),
     stateful_step_count=40,
     deadline=None,
 )

@@ -3,7 +3,7 @@ naming its cause, the same line is in the daemon's log, user mounts and
 what --allow-other needs, and mounting by ``mount -t fuse.fencefs``.
 
 The cases that need another /dev/fuse, /etc/fuse.conf or helper directory
-than the host's run in a private mount namespace (tests/mountns.py); the
+than the host's run in a private mount namespace (tests/support/mountns.py); the
 user of user mounts is ``nobody``.
 """
 
@@ -26,8 +26,8 @@ import pytest
 
 from fencefs.cli import build_parser
 from fencefs.mounting import UsageError, apply_options
-from tests.conftest import Mount, mounted, require_fuse
-from tests.mountns import NOBODY, in_namespace, need_namespaces
+from tests.support.mount import Mount, mounted, require_fuse
+from tests.support.mountns import NOBODY, in_namespace, need_namespaces
 
 PY = sys.executable
 

@@ -7,46 +7,19 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
-from tests.conftest import Mount, open_barrier, run_py
-
-# A writer process: opens FILE for writing, says "ready", waits for a line on
-# stdin, writes its payload, closes, and prints the outcome.
-WRITER = textwrap.dedent("""
-    import errno, os, sys
-    path, payload, flags = sys.argv[1], sys.argv[2].encode(), sys.argv[3]
-    mode = {"rw": os.O_RDWR, "trunc": os.O_WRONLY | os.O_TRUNC}[flags]
-    fd = os.open(path, mode)
-    print("ready", flush=True)
-    sys.stdin.readline()
-    try:
-        os.write(fd, payload)
-    except OSError as e:
-        print("write", errno.errorcode[e.errno], flush=True)
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        sys.exit(0)
-    try:
-        os.close(fd)
-    except OSError as e:
-        print("close", errno.errorcode[e.errno], flush=True)
-        sys.exit(0)
-    print("ok", flush=True)
-""")
+from tests.support.agent import Agent
+from tests.support.mount import Mount
+from tests.support.procs import run_py
 
 
-def spawn_writer(path: str, payload: str, flags: str = "rw") -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, path, payload, flags],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+def spawn_writer(path: str, flags: str = "O_RDWR") -> tuple[Agent, int]:
+    """A writer agent holding ``path`` open for writing, and its descriptor."""
+    agent = Agent()
+    return agent, agent.ok("open", path, flags)
 
 
 def xattr(path: str, name: str) -> str:
@@ -127,16 +100,16 @@ def test_write_after_file_moved_gets_eagain(mount: Mount) -> None:
 
 def test_eight_writers_one_winner(mount: Mount) -> None:
     path = mount.seed("race.json", "{}")
-    writers = [spawn_writer(path, f'{{"writer": {i}}}') for i in range(8)]
-    open_barrier(writers)  # all claims rest on the same version
-    outcomes = []
-    for w in writers:
-        out, _ = w.communicate(timeout=30)
-        outcomes.append(out.strip())
-    winners = [i for i, o in enumerate(outcomes) if o == "ok"]
-    losers = [o for o in outcomes if o != "ok"]
-    assert len(winners) == 1, outcomes
-    assert all(o.endswith("EAGAIN") for o in losers) and len(losers) == 7, outcomes
+    writers = [spawn_writer(path) for _ in range(8)]  # all claims rest on the same version
+    for i, (w, fd) in enumerate(writers):  # released at once: write, then close
+        w.send("finish", fd, f'{{"writer": {i}}}')
+    answers = [w.answer() for w, _ in writers]
+    for w, _ in writers:
+        w.close()
+    winners = [i for i, a in enumerate(answers) if a == {"ok": None}]
+    losers = [a for a in answers if a != {"ok": None}]
+    assert len(winners) == 1, answers
+    assert all(a.get("err") == "EAGAIN" for a in losers) and len(losers) == 7, answers
     with open(path) as f:
         assert f.read() == f'{{"writer": {winners[0]}}}'
     assert xattr(path, "version") == "2"
@@ -147,18 +120,17 @@ def test_eight_writers_one_winner(mount: Mount) -> None:
 
 def test_zombie_writer_sigstop_reclaim(mount: Mount) -> None:
     path = mount.seed("plan.md", "original plan\n")
-    zombie = spawn_writer(path, "stale plan from the zombie\n", "trunc")
-    zombie.send_signal(signal.SIGSTOP)
-    assert zombie.stdin is not None
-    zombie.stdin.write("go\n")
-    zombie.stdin.flush()
+    zombie, fd = spawn_writer(path, "O_WRONLY|O_TRUNC")
+    zombie.proc.send_signal(signal.SIGSTOP)
+    zombie.send("finish", fd, "stale plan from the zombie\n")  # runs once it continues
     # Recovery reclaims the file while the zombie is stopped.
     subprocess.run(["setfattr", "-n", "user.fencefs.reclaim", "-v", "1", path], check=True)
     assert xattr(path, "epoch") == "1"
     assert xattr(path, "version") == "1"  # the version never moved...
-    zombie.send_signal(signal.SIGCONT)
-    out, _ = zombie.communicate(timeout=30)
-    assert out.strip() == "write ESTALE"  # ...and still the zombie is fenced (G2)
+    zombie.proc.send_signal(signal.SIGCONT)
+    # ...and still the zombie is fenced (G2)
+    assert zombie.answer() == {"err": "ESTALE", "stage": "write"}
+    zombie.close()
     with open(path) as f:
         assert f.read() == "original plan\n"
     assert any(".fenced." in name for name in mount.rejected())
@@ -181,8 +153,9 @@ def test_reclaim_fences_close_and_fsync(mount: Mount) -> None:
     with pytest.raises(OSError) as info:
         os.close(b)
     assert info.value.errno == errno.ESTALE
-    with pytest.raises(OSError):
-        os.close(a)
+    with pytest.raises(OSError) as info:
+        os.close(a)  # the fenced handle repeats its error
+    assert info.value.errno == errno.ESTALE
     with open(path) as f:
         assert f.read() == "v1\n"
     kept = sorted((mount.backing / ".fencefs" / "rejected" / n).read_bytes()
@@ -238,13 +211,9 @@ def test_killed_writer_never_commits(mount: Mount) -> None:
     path = mount.path("big.bin")
     with open(path, "wb") as f:
         f.write(b"original")
-    code = ("import os,sys,time\nfd=os.open(sys.argv[1], os.O_WRONLY|os.O_TRUNC)\n"
-            "os.write(fd, b'partial'*1000)\nprint('written', flush=True)\ntime.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "written"
-    proc.kill()
-    proc.communicate()
+    proc, fd = spawn_writer(path, "O_WRONLY|O_TRUNC")
+    assert proc.ok("write", fd, "partial" * 1000) == 7000
+    assert proc.kill(signal.SIGKILL) == -signal.SIGKILL
     with open(path, "rb") as f:
         assert f.read() == b"original"
     killed = [n for n in mount.rejected() if ".killed." in n]
@@ -255,9 +224,10 @@ def test_killed_writer_never_commits(mount: Mount) -> None:
 
 def test_exit_without_close_commits(mount: Mount) -> None:
     path = mount.path("plan.md")
-    code = "import os,sys\nfd=os.open(sys.argv[1], os.O_WRONLY|os.O_CREAT)\n" \
-           "os.write(fd, b'left open')\nos._exit(0)\n"
-    assert run_py(code, path).returncode == 0
+    proc, fd = spawn_writer(path, "O_WRONLY|O_CREAT")
+    assert proc.ok("write", fd, "left open") == 9
+    proc.send("exit", 0)  # os._exit: the descriptor is closed by the kernel
+    assert proc.wait() == 0
     with open(path) as f:
         assert f.read() == "left open"
 
@@ -325,7 +295,7 @@ def test_claims_of_exited_identities_are_dropped(make_mount) -> None:  # type: i
     # A live reader keeps its claim.
     with open(path) as f:
         f.read()
-    time.sleep(0.5)
+    mount.wait_upkeep()  # evidence: an upkeep ran after the read
     assert f"identity=pid:{os.getpid()} kind=read" in xattr(path, "claims")
 
 
@@ -340,12 +310,25 @@ def drop_kernel_caches() -> bool:
         return False
 
 
+def forgotten(path: str, ino: int | None = None) -> bool:
+    """Drop the kernel's caches until it has forgotten ``path`` (known as
+    ``ino``): looked up again, it has a new number (fencefs never reuses one)."""
+    ino = os.stat(path).st_ino if ino is None else ino
+    for _ in range(20):
+        if not drop_kernel_caches():
+            return False
+        if os.stat(path).st_ino != ino:
+            return True
+        time.sleep(0.05)
+    raise AssertionError(f"the kernel never forgot {path}")
+
+
 def test_state_survives_the_kernel_forgetting_the_file(mount: Mount) -> None:
     path = mount.seed("plan.md", "v1\n")
     os.setxattr(path, "user.fencefs.reclaim", b"1")
     writer = os.open(mount.path("held.md"), os.O_WRONLY | os.O_CREAT)
     os.write(writer, b"held")
-    if not drop_kernel_caches():
+    if not forgotten(path):
         if os.environ.get("CI"):
             pytest.fail("cannot drop the kernel's caches")
         pytest.skip("cannot drop the kernel's caches here")
@@ -356,7 +339,8 @@ def test_state_survives_the_kernel_forgetting_the_file(mount: Mount) -> None:
     with open(mount.path("held.md")) as f:
         assert f.read() == "held"
     # A foreign write made while forgotten is still noticed.
+    ino = os.stat(path).st_ino
     (mount.backing / "plan.md").write_text("foreign, longer\n")
-    drop_kernel_caches()
+    assert forgotten(path, ino)
     assert xattr(path, "version") == "2"
     assert any(e["event"] == "foreign" for e in mount.journal())

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 
 def test_directories_files_rename_unlink(mount: Mount) -> None:
@@ -190,8 +190,9 @@ def test_foreign_write_is_adopted_and_journaled(mount: Mount) -> None:
     with pytest.raises(OSError) as info:
         os.write(stale, b"x")
     assert info.value.errno == errno.EAGAIN
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as info:
         os.close(stale)
+    assert info.value.errno == errno.EAGAIN
     assert any(e["event"] == "foreign" and e["file"] == "plan.md" for e in mount.journal())
 
 

@@ -1,169 +1,35 @@
 """Observation claims through a real mount, driven by real processes (issue 3).
 
-Every agent here is a separate process. A long-lived *agent process* (the
-AGENT script below) is one identity for its whole life: the process, or its
-FENCEFS_AGENT when set. It takes one JSON command per line on stdin (read,
-write, rename, truncate, unlink, ...) and answers one JSON line: {"ok": ...}
-or {"err": "EAGAIN", "stage": "open"}, so a test can interleave the steps of
-several agents exactly. Shell agents are ``sh -c`` invocations that share a
+Every agent here is a separate process. A long-lived *test agent*
+(tests/support/agent.py) is one identity for its whole life: the process, or
+its FENCEFS_AGENT when set. It takes one JSON command per line on stdin
+(readfile, writefile, rename, truncate, unlink, ...) and answers one JSON
+line: {"ok": ...} or {"err": "EAGAIN", "stage": "open"}, so a test can
+interleave the steps of several agents exactly. Shell agents are ``sh -c`` invocations that share a
 FENCEFS_AGENT.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
-import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, open_barrier, run_py
+from tests.support.agent import Agent, agent_env, all_answer, run_agent
+from tests.support.mount import Mount
+from tests.support.procs import run_py
 
 MiB = 1 << 20
 
-AGENT = textwrap.dedent(r"""
-    import errno, json, os, sys
-
-    class Failed(Exception):
-        def __init__(self, stage, error):
-            self.stage, self.error = stage, error
-
-    def step(stage, fn, *args):
-        try:
-            return fn(*args)
-        except OSError as e:
-            raise Failed(stage, e) from None
-
-    def read(path):
-        fd = step("open", os.open, path, os.O_RDONLY)
-        try:
-            chunks = []
-            while True:
-                chunk = step("read", os.read, fd, 1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-        return b"".join(chunks).decode()
-
-    FLAGS = {
-        "trunc": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-        "rdwr_trunc": os.O_RDWR | os.O_TRUNC,
-        "inplace": os.O_WRONLY,
-        "append": os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-    }
-
-    def write(path, text, flags="trunc"):
-        fd = step("open", os.open, path, FLAGS[flags], 0o644)
-        try:
-            data = text.encode()
-            while data:
-                data = data[step("write", os.write, fd, data):]
-        except Failed:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-            raise
-        step("close", os.close, fd)
-        return len(text)
-
-    held = {}
-
-    def hold(path, flags):
-        fd = step("open", os.open, path, FLAGS[flags])
-        held[path] = fd
-        return fd
-
-    def put(path, text):
-        return step("write", os.write, held[path], text.encode())
-
-    def drop(path):
-        step("close", os.close, held.pop(path))
-
-    OPS = {
-        "read": read,
-        "write": write,
-        "hold": hold,
-        "put": put,
-        "drop": drop,
-        "rename": lambda src, dst: step("rename", os.rename, src, dst),
-        "truncate": lambda path, size: step("truncate", os.truncate, path, size),
-        "unlink": lambda path: step("unlink", os.unlink, path),
-        "xattr": lambda path, name: step("getxattr", os.getxattr, path, name).decode(),
-        "pid": os.getpid,
-    }
-
-    for line in sys.stdin:
-        op, *args = json.loads(line)
-        try:
-            answer = {"ok": OPS[op](*args)}
-        except Failed as f:
-            answer = {"err": errno.errorcode[f.error.errno], "stage": f.stage}
-        print(json.dumps(answer), flush=True)
-""")
-
-
 def clean_env(agent: str | None = None) -> dict[str, str]:
     """The test's environment, with FENCEFS_AGENT set to ``agent`` or unset."""
-    env = {k: v for k, v in os.environ.items() if k != "FENCEFS_AGENT"}
-    if agent is not None:
-        env["FENCEFS_AGENT"] = agent
-    return env
-
-
-class Agent:
-    """A long-lived process: one identity across many separate opens."""
-
-    def __init__(self, name: str | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", AGENT], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=clean_env(name))
-        self.pid = self.proc.pid
-        self.identity = f"agent:{name}" if name else f"pid:{self.pid}"
-
-    def do(self, op: str, *args: object) -> dict[str, object]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps([op, *args]) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, f"agent {self.identity} died"
-        answer: dict[str, object] = json.loads(line)
-        return answer
-
-    def ok(self, op: str, *args: object) -> object:
-        answer = self.do(op, *args)
-        assert "ok" in answer, f"{op}{args} by {self.identity}: {answer}"
-        return answer["ok"]
-
-    def fails(self, op: str, *args: object) -> tuple[object, object]:
-        answer = self.do(op, *args)
-        assert "err" in answer, f"{op}{args} by {self.identity} should fail: {answer}"
-        return answer["err"], answer["stage"]
-
-    def close(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.communicate(timeout=10)  # EOF on stdin ends its loop
-
-
-@pytest.fixture
-def agents() -> Iterator[Callable[..., Agent]]:
-    made: list[Agent] = []
-
-    def factory(name: str | None = None) -> Agent:
-        made.append(Agent(name))
-        return made[-1]
-
-    yield factory
-    for a in made:
-        a.close()
+    return agent_env(agent)
 
 
 def xattr(path: str, name: str) -> str:
@@ -211,13 +77,13 @@ def test_stale_rewrite_fails_at_open_then_succeeds_after_reread(
     path = mount.path("plan.md")
     write_blind(path, "v1\n")
     a, b = agents(), agents()  # no FENCEFS_AGENT: each process is its own identity
-    assert a.ok("read", path) == "v1\n"
+    assert a.ok("readfile", path) == "v1\n"
     time.sleep(0.2)  # A thinks
-    assert b.ok("read", path) == "v1\n"
-    assert b.ok("write", path, "v1\nB\n") == 5
+    assert b.ok("readfile", path) == "v1\n"
+    assert b.ok("writefile", path, "v1\nB\n") == 5
     # A's rewrite was computed from v1, but the file moved: refused at open.
-    assert a.fails("write", path, "v1\nA\n") == ("EAGAIN", "open")
-    assert a.fails("write", path, "v1\nA\n", "rdwr_trunc") == ("EAGAIN", "open")
+    assert a.fails("writefile", path, "v1\nA\n") == ("EAGAIN", "open")
+    assert a.fails("writefile", path, "v1\nA\n", "rdwr_trunc") == ("EAGAIN", "open")
     assert read(path) == "v1\nB\n"
     assert xattr(path, "version") == "2"
     refused = [e for e in events(mount, "plan.md") if e["event"] == "conflict"]
@@ -225,13 +91,13 @@ def test_stale_rewrite_fails_at_open_then_succeeds_after_reread(
     assert refused[0]["identity"] == a.identity and refused[0]["pid"] == a.pid
     assert refused[0]["version"] == 1 and refused[0]["current_version"] == 2
     # A re-reads, recomputes on top of B's version, and its write goes through.
-    seen = a.ok("read", path)
+    seen = a.ok("readfile", path)
     assert seen == "v1\nB\n"
-    a.ok("write", path, f"{seen}A\n")
+    a.ok("writefile", path, f"{seen}A\n")
     assert read(path) == "v1\nB\nA\n"
     assert xattr(path, "version") == "3"
     # Its own commit moved its observation: a second rewrite needs no re-read.
-    a.ok("write", path, "v1\nB\nA\nA2\n")
+    a.ok("writefile", path, "v1\nB\nA\nA2\n")
     assert read(path) == "v1\nB\nA\nA2\n"
 
 
@@ -240,10 +106,10 @@ def test_file_moving_between_open_and_write_fails_that_write(
     path = mount.path("plan.md")
     write_blind(path, "v1\n")
     a, b = agents(), agents()
-    a.ok("read", path)
+    a.ok("readfile", path)
     a.ok("hold", path, "trunc")  # still fresh at open: accepted
-    b.ok("read", path)
-    b.ok("write", path, "B\n")
+    b.ok("readfile", path)
+    b.ok("writefile", path, "B\n")
     # The held handle now rests on a version that is gone: the earliest call
     # that can know it (the write) fails, and so does the close.
     assert a.fails("put", path, "A\n") == ("EAGAIN", "write")
@@ -261,20 +127,12 @@ def test_shared_agent_identity_cat_then_python(make_mount: Callable[..., Mount])
     write_blind(path, "v1\n")
     assert sh("cat plan.md", mount.mnt, agent="writer-a").stdout == "v1\n"
     assert sh(heredoc("plan.md", "from b\n"), mount.mnt, agent="writer-b").returncode == 0
-    code = textwrap.dedent("""
-        import errno, os, sys
-        try:
-            fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)
-        except OSError as e:
-            print(errno.errorcode[e.errno]); sys.exit(0)
-        os.write(fd, b"from a\\n"); os.close(fd); print("ok")
-    """)
-    run = lambda: subprocess.run([sys.executable, "-c", code, path], capture_output=True,
-                                 text=True, env=clean_env("writer-a"), timeout=30).stdout
-    assert run().strip() == "EAGAIN"
+    # A fresh process of agent writer-a each time, as a tool run by the agent.
+    run = lambda: run_agent([["writefile", path, "from a\n", "O_WRONLY|O_TRUNC"]], "writer-a")
+    assert run() == [{"err": "EAGAIN", "stage": "open"}]
     assert read(path) == "from b\n"
     assert sh("cat plan.md", mount.mnt, agent="writer-a").stdout == "from b\n"
-    assert run().strip() == "ok"
+    assert run() == [{"ok": 7}]
     assert read(path) == "from a\n"
 
 
@@ -359,7 +217,9 @@ def test_shell_agent_observation_survives_thinking_time(
     assert sh("cat plan.md", mount.mnt, agent="alpha").stdout == "v1\n"
     assert sh("cat plan.md", mount.mnt, agent="beta").stdout == "v1\n"
     assert sh(heredoc("plan.md", "v1 + beta\n"), mount.mnt, agent="beta").returncode == 0
-    time.sleep(2.6)  # alpha thinks for a while (longer than the daemon's upkeep period)
+    # alpha thinks for a while: until the daemon's upkeep has run (which drops
+    # the claims of identities whose processes all exited).
+    mount.wait_upkeep()
     late = sh(heredoc("plan.md", "v1 + alpha\n"), mount.mnt, agent="alpha")
     assert read(path) == "v1 + beta\n"
     assert late.returncode != 0 and "Resource temporarily unavailable" in late.stderr
@@ -372,11 +232,11 @@ def test_rename_over_race(mount: Mount, agents: Callable[..., Agent]) -> None:
     path = mount.path("notes.json")
     write_blind(path, '{"n": 0}')
     a, b = agents(), agents()
-    assert a.ok("read", path) == '{"n": 0}'
-    assert b.ok("read", path) == '{"n": 0}'
+    assert a.ok("readfile", path) == '{"n": 0}'
+    assert b.ok("readfile", path) == '{"n": 0}'
     tmp_a, tmp_b = mount.path(".notes.json.a.tmp"), mount.path(".notes.json.b.tmp")
-    a.ok("write", tmp_a, '{"n": 1, "by": "a"}')
-    b.ok("write", tmp_b, '{"n": 1, "by": "b"}')
+    a.ok("writefile", tmp_a, '{"n": 1, "by": "a"}')
+    b.ok("writefile", tmp_b, '{"n": 1, "by": "b"}')
     a.ok("rename", tmp_a, path)
     assert b.fails("rename", tmp_b, path) == ("EAGAIN", "rename")
     assert read(path) == '{"n": 1, "by": "a"}'
@@ -386,8 +246,8 @@ def test_rename_over_race(mount: Mount, agents: Callable[..., Agent]) -> None:
     ev = events(mount, "notes.json")
     assert [e["op"] for e in ev if e["event"] == "conflict"] == ["rename"]
     # b re-reads and renames again: now it rests on the current version.
-    assert b.ok("read", path) == '{"n": 1, "by": "a"}'
-    b.ok("write", tmp_b, '{"n": 2, "by": "b"}')
+    assert b.ok("readfile", path) == '{"n": 1, "by": "a"}'
+    b.ok("writefile", tmp_b, '{"n": 2, "by": "b"}')
     b.ok("rename", tmp_b, path)
     assert read(path) == '{"n": 2, "by": "b"}'
     assert xattr(path, "version") == "3"
@@ -398,34 +258,19 @@ def test_python_atomic_writer_race(mount: Mount) -> None:
     """tempfile + os.replace, the pattern of many agent tools."""
     path = mount.path("state.json")
     write_blind(path, "0")
-    code = textwrap.dedent("""
-        import errno, os, sys, tempfile
-        path, value = sys.argv[1], sys.argv[2]
-        with open(path) as f:
-            f.read()
-        print("read", flush=True)
-        sys.stdin.readline()
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            f.write(value)
-        try:
-            os.replace(tmp, path)
-        except OSError as e:
-            print(errno.errorcode[e.errno], tmp, flush=True)
-        else:
-            print("ok", flush=True)
-    """)
-    procs = [subprocess.Popen([sys.executable, "-c", code, path, v], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=clean_env())
-             for v in ("first", "second")]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline() == "read\n"
-    outs = []
-    for p in procs:  # one after the other: the first wins
-        out, _ = p.communicate("go\n", timeout=30)
-        outs.append(out.split())
-    assert outs[0] == ["ok"]
-    assert outs[1][0] == "EAGAIN"
+    procs = [Agent(), Agent()]
+    try:
+        for p in procs:
+            assert p.ok("readfile", path) == "0"
+        outs = []
+        for p, value in zip(procs, ("first", "second"), strict=True):  # the first wins
+            tmp = p.ok("mkstemp", os.path.dirname(path), ".tmp-", value)
+            outs.append((p.do("replace", tmp, path), tmp))
+    finally:
+        for p in procs:
+            p.close()
+    assert outs[0][0] == {"ok": None}
+    assert outs[1][0]["err"] == "EAGAIN"
     assert read(path) == "first"
     assert read(outs[1][1]) == "second"
 
@@ -437,12 +282,12 @@ def test_reclaim_between_read_and_write(mount: Mount, agents: Callable[..., Agen
     path = mount.path("plan.md")
     write_blind(path, "v1\n")
     a = agents()
-    a.ok("read", path)
+    a.ok("readfile", path)
     subprocess.run(["setfattr", "-n", "user.fencefs.reclaim", "-v", "1", path], check=True)
     assert (xattr(path, "version"), xattr(path, "epoch")) == ("1", "1")
-    assert a.fails("write", path, "zombie\n") == ("ESTALE", "open")
+    assert a.fails("writefile", path, "zombie\n") == ("ESTALE", "open")
     tmp = mount.path("plan.tmp")
-    a.ok("write", tmp, "zombie via rename\n")  # a new file: its own, fine
+    a.ok("writefile", tmp, "zombie via rename\n")  # a new file: its own, fine
     assert a.fails("rename", tmp, path) == ("ESTALE", "rename")
     assert a.fails("truncate", path, 0) == ("ESTALE", "truncate")
     assert a.fails("unlink", path) == ("ESTALE", "unlink")
@@ -455,8 +300,8 @@ def test_reclaim_between_read_and_write(mount: Mount, agents: Callable[..., Agen
     assert sorted(set(ops), key=ops.index) == ["open", "rename", "truncate", "unlink"]
     assert all(e["epoch"] == 0 and e["current_epoch"] == 1 for e in fenced)
     # Re-acquiring deliberately: read again, then write.
-    a.ok("read", path)
-    a.ok("write", path, "v2 after re-read\n")
+    a.ok("readfile", path)
+    a.ok("writefile", path, "v2 after re-read\n")
     assert read(path) == "v2 after re-read\n"
     assert (xattr(path, "version"), xattr(path, "epoch")) == ("2", "1")
 
@@ -469,9 +314,9 @@ def test_stale_truncate_and_unlink_change_nothing(
     path = mount.path("data.txt")
     write_blind(path, "0123456789")
     stale, mover = agents(), agents()
-    stale.ok("read", path)
-    mover.ok("read", path)
-    mover.ok("write", path, "moved on\n")
+    stale.ok("readfile", path)
+    mover.ok("readfile", path)
+    mover.ok("writefile", path, "moved on\n")
     assert stale.fails("truncate", path, 0) == ("EAGAIN", "truncate")
     assert stale.fails("truncate", path, 3) == ("EAGAIN", "truncate")
     assert stale.fails("unlink", path) == ("EAGAIN", "unlink")
@@ -492,7 +337,7 @@ def test_stale_truncate_and_unlink_change_nothing(
     assert commits[-2:] == ["truncate", "unlink"]
     # The stale reader's fresh truncate after a re-read also goes through.
     write_blind(path, "abcdef")
-    stale.ok("read", path)
+    stale.ok("readfile", path)
     stale.ok("truncate", path, 2)
     assert read(path) == "ab"
 
@@ -502,13 +347,13 @@ def test_append_does_not_refresh_stale_observation(
     path = mount.path("plan.md")
     write_blind(path, "v1\n")
     a, b = agents(), agents()
-    a.ok("read", path)
-    b.ok("read", path)
-    b.ok("write", path, "v1\nB's edit\n")
-    a.ok("write", path, "A's log line\n", "append")  # appends never conflict
+    a.ok("readfile", path)
+    b.ok("readfile", path)
+    b.ok("writefile", path, "v1\nB's edit\n")
+    a.ok("writefile", path, "A's log line\n", "append")  # appends never conflict
     assert read(path) == "v1\nB's edit\nA's log line\n"
     # A's rewrite is still computed from v1 only: it must not erase B's edit.
-    answer = a.do("write", path, "v1\nA's rewrite\n")
+    answer = a.do("writefile", path, "v1\nA's rewrite\n")
     assert read(path) == "v1\nB's edit\nA's log line\n"
     assert answer == {"err": "EAGAIN", "stage": "open"}
 
@@ -518,28 +363,17 @@ def test_observation_survives_unlink_and_recreate(
     path = mount.path("plan.md")
     write_blind(path, "v1\n")
     a = agents()
-    a.ok("read", path)
+    a.ok("readfile", path)
     # Another agent replaces the file the delete-and-create way.
     assert sh("rm plan.md && echo 'rewritten by b' > plan.md", mount.mnt,
               agent="b").returncode == 0
     assert int(xattr(path, "version")) > 1  # the path's version continued
-    answer = a.do("write", path, "v1 + a\n")
+    answer = a.do("writefile", path, "v1 + a\n")
     assert read(path) == "rewritten by b\n"
     assert answer == {"err": "EAGAIN", "stage": "open"}
 
 
 # -- 6. appends ------------------------------------------------------------------
-
-APPENDER = textwrap.dedent("""
-    import os, sys
-    path, tag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    sys.stdin.readline()
-    for i in range(count):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.write(fd, f"{tag} {i:05d} {'x' * 40}\\n".encode())
-        os.close(fd)
-""")
-
 
 def check_lines(lines: list[str], tags: list[str], count: int) -> None:
     """Every line intact, every writer's lines present once and in its order."""
@@ -558,16 +392,14 @@ def test_two_processes_append_1000_lines_each(mount: Mount) -> None:
     path = mount.path("log.txt")
     write_blind(path, "")
     before = int(xattr(path, "version"))
-    procs = [subprocess.Popen([sys.executable, "-c", APPENDER, path, tag, "1000"],
-                              stdin=subprocess.PIPE, text=True, env=clean_env())
-             for tag in ("A", "B")]
-    for p in procs:  # the barrier: both start appending together
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    for p in procs:
-        p.communicate(timeout=120)
-        assert p.returncode == 0
+    procs = [Agent(), Agent()]
+    try:
+        assert all(p.ok("pid") for p in procs)  # both are up
+        for p, tag in zip(procs, ("A", "B"), strict=True):  # both start appending together
+            p.send("append_lines", path, tag, 1000)
+        assert [p.answer() for p in procs] == [{"ok": 1000}] * 2
+    finally:
+        assert [p.close(timeout=120) for p in procs] == [0, 0]
     with open(path) as f:
         lines = f.read().splitlines()
     check_lines(lines, ["A", "B"], 1000)
@@ -602,9 +434,9 @@ def test_append_lands_after_other_commits_and_only_reclaim_fences_it(
     path = mount.path("log.txt")
     write_blind(path, "a\n")
     a, b = agents(), agents()
-    a.ok("read", path)
+    a.ok("readfile", path)
     a.ok("hold", path, "append")  # opened at v1
-    b.ok("write", path, "a\nb\n", "inplace")  # the file moves to v2
+    b.ok("writefile", path, "a\nb\n", "inplace")  # the file moves to v2
     # Appends rest on nothing but the epoch: a's append still lands, after b's,
     # although a's handle and a's read both predate b's commit.
     assert a.ok("put", path, "c\n") == 2
@@ -624,42 +456,6 @@ def test_append_lands_after_other_commits_and_only_reclaim_fences_it(
 
 # -- 7. killed writers never commit -----------------------------------------------
 
-BIG_WRITER = textwrap.dedent("""
-    import os, resource, signal, sys, threading, time
-    path, how = sys.argv[1], sys.argv[2]
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    def chunk(i):
-        return bytes([65 + i % 26]) * (1 << 20)
-
-    def write_all(fd, data):
-        while data:
-            data = data[os.write(fd, data):]
-
-    def work():
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-        for i in range(64):
-            write_all(fd, chunk(i))
-            if i == 3:
-                print("started", flush=True)
-                if how == "segv":
-                    os.kill(os.getpid(), signal.SIGSEGV)
-                if how == "exit":
-                    os._exit(3)  # a normal exit (status 3) without close
-            if i >= 3:
-                time.sleep(0.02)  # still writing when the kill arrives
-        os.close(fd)
-        print("finished", flush=True)
-
-    if how == "thread":  # the writer is a worker thread; main thread waits
-        t = threading.Thread(target=work)
-        t.start()
-        t.join()
-    else:
-        work()
-""")
-
-
 def expected_prefix(size: int) -> bytes:
     return b"".join(bytes([65 + i % 26]) * MiB for i in range((size + MiB - 1) // MiB))[:size]
 
@@ -670,15 +466,17 @@ def test_killed_writer_of_a_large_file_never_commits(mount: Mount, how: str) -> 
     original = b"original content\n" * 1000
     with open(path, "wb") as f:
         f.write(original)
-    proc = subprocess.Popen([sys.executable, "-c", BIG_WRITER, path, how],
-                            stdout=subprocess.PIPE, text=True, env=clean_env())
-    assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+    # The agent rewrites big.bin with 64 MiB, says "started" after 4 MiB and
+    # goes on writing (how="thread": from a worker thread; "segv": it dies).
+    proc = Agent()
+    proc.send("big_write", path, how)
+    proc.wait_event("started")
     if how != "segv":
-        proc.send_signal(signal.SIGKILL)
-    out, _ = proc.communicate(timeout=60)
+        proc.proc.send_signal(signal.SIGKILL)
+    out, _ = proc.proc.communicate(timeout=60)
     assert "finished" not in out
     expected_signal = signal.SIGSEGV if how == "segv" else signal.SIGKILL
-    assert proc.returncode == -expected_signal
+    assert proc.proc.returncode == -expected_signal
     with open(path, "rb") as f:
         assert f.read() == original
     assert xattr(path, "version") == "1"
@@ -699,13 +497,10 @@ def test_killed_writer_of_a_large_file_never_commits(mount: Mount, how: str) -> 
 def test_killed_appender_never_lands(mount: Mount) -> None:
     path = mount.path("log.txt")
     write_blind(path, "line 1\n")
-    code = ("import os,sys,time\nfd=os.open(sys.argv[1], os.O_WRONLY|os.O_APPEND)\n"
-            "os.write(fd, b'half a record')\nprint('written', flush=True)\ntime.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE,
-                            text=True, env=clean_env())
-    assert proc.stdout is not None and proc.stdout.readline() == "written\n"
-    proc.kill()
-    proc.communicate(timeout=30)
+    proc = Agent()
+    fd = proc.ok("open", path, "O_WRONLY|O_APPEND")
+    assert proc.ok("write", fd, "half a record") == 13
+    assert proc.kill(signal.SIGKILL) == -signal.SIGKILL
     with open(mount.path("log.txt"), "a") as f:
         f.write("line 2\n")
     assert read(path) == "line 1\nline 2\n"
@@ -718,9 +513,10 @@ def test_exit_without_close_commits_a_large_write(mount: Mount) -> None:
     path = mount.path("big.bin")
     with open(path, "wb") as f:
         f.write(b"original\n")
-    proc = subprocess.run([sys.executable, "-c", BIG_WRITER, path, "exit"],
-                          capture_output=True, text=True, env=clean_env(), timeout=60)
-    assert proc.returncode == 3
+    agent = Agent()
+    agent.send("big_write", path, "exit")  # exits (status 3) after 4 MiB, without close
+    agent.wait_event("started")
+    assert agent.wait(timeout=60) == 3
     with open(path, "rb") as f:
         assert f.read() == expected_prefix(4 * MiB)
     assert xattr(path, "version") == "2"
@@ -736,11 +532,11 @@ def test_foreign_write_is_adopted_and_fences_stale_observations(
     path = mount.path("plan.md")
     write_blind(path, "through the mount\n")
     a = agents()
-    a.ok("read", path)
+    a.ok("readfile", path)
     # Someone edits the backing file directly, bypassing the mount.
     (mount.backing / "plan.md").write_text("edited in the backing dir\n")
     # A's rewrite is judged against the adopted version: its read is stale.
-    assert a.fails("write", path, "from a stale read\n") == ("EAGAIN", "open")
+    assert a.fails("writefile", path, "from a stale read\n") == ("EAGAIN", "open")
     assert read(path) == "edited in the backing dir\n"
     assert xattr(path, "version") == "2"
     foreign = [e for e in events(mount, "plan.md") if e["event"] == "foreign"]
@@ -749,8 +545,8 @@ def test_foreign_write_is_adopted_and_fences_stale_observations(
     # Adopted once: looking at it again is no new foreign write.
     os.stat(path)
     assert xattr(path, "version") == "2"
-    assert a.ok("read", path) == "edited in the backing dir\n"
-    a.ok("write", path, "edited in the backing dir\n+ a\n")
+    assert a.ok("readfile", path) == "edited in the backing dir\n"
+    a.ok("writefile", path, "edited in the backing dir\n+ a\n")
     assert (mount.backing / "plan.md").read_text() == "edited in the backing dir\n+ a\n"
     assert xattr(path, "version") == "3"
     assert len([e for e in events(mount, "plan.md") if e["event"] == "foreign"]) == 1
@@ -761,82 +557,30 @@ def test_foreign_replace_by_rename_in_backing_dir(
     path = mount.path("plan.md")
     write_blind(path, "v1\n")
     a = agents()
-    a.ok("read", path)
+    a.ok("readfile", path)
     tmp = mount.backing / "plan.md.new"
     tmp.write_text("v1\n")  # same size and content, a new inode
     os.rename(tmp, mount.backing / "plan.md")
     os.stat(path)
     assert xattr(path, "version") == "2"
-    assert a.fails("write", path, "stale\n") == ("EAGAIN", "open")
+    assert a.fails("writefile", path, "stale\n") == ("EAGAIN", "open")
 
 
 # -- 9. stress: read-increment-write ---------------------------------------------
 
-COUNTER = textwrap.dedent("""
-    import errno, json, os, random, sys, time
-    path, rounds = sys.argv[1], int(sys.argv[2])
-    sys.stdin.readline()  # start together
-    retries = {"open": 0, "write": 0, "close": 0, "torn_read": 0}
-
-    def attempt():
-        with open(path) as f:
-            text = f.read()
-        try:
-            value = int(text)
-        except ValueError:  # a plain directory can show the truncated file
-            retries["torn_read"] += 1
-            return False
-        stage = "open"
-        try:
-            f = open(path, "w")
-        except OSError as e:
-            if e.errno != errno.EAGAIN:
-                raise
-            retries["open"] += 1
-            return False
-        stage = "write"
-        try:
-            f.write(str(value + 1))
-            f.flush()
-            stage = "close"
-            f.close()
-        except OSError as e:
-            if e.errno != errno.EAGAIN:
-                raise
-            if not f.closed:
-                try:
-                    f.close()
-                except OSError:
-                    pass
-            retries[stage] += 1
-            return False
-        return True
-
-    done = failed = 0
-    while done < rounds:
-        if attempt():
-            done, failed = done + 1, 0
-        else:  # retry the whole round, after a short random backoff
-            failed += 1
-            time.sleep(random.uniform(0, 0.001 * min(2 ** failed, 16)))
-    print(json.dumps(retries))
-""")
-
-
 def run_counters(directory: str, procs: int = 8, rounds: int = 200) -> tuple[int, list[dict]]:
     path = os.path.join(directory, "counter")
     write_blind(path, "0")
-    workers = [subprocess.Popen([sys.executable, "-c", COUNTER, path, str(rounds)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=clean_env())
-               for _ in range(procs)]
-    time.sleep(0.3)  # let every interpreter start before the barrier opens
-    open_barrier(workers)
-    stats = []
-    for w in workers:
-        out, err = w.communicate(timeout=120)
-        assert w.returncode == 0, err
-        stats.append(json.loads(out))
+    # Each agent reads, increments and rewrites the counter ``rounds`` times,
+    # retrying a refused round; it answers with its retries by stage.
+    workers = [Agent() for _ in range(procs)]
+    try:
+        assert all(w.ok("pid") for w in workers)  # every interpreter is up
+        answers = all_answer(workers, "counter", path, rounds)  # the barrier
+    finally:
+        assert [w.close(timeout=120) for w in workers] == [0] * procs
+    assert all("ok" in a for a in answers), answers
+    stats = [a["ok"] for a in answers]
     return int(read(path)), stats
 
 
@@ -885,35 +629,35 @@ def test_claims_attributes_show_read_and_write_claims(
     write_blind(path, "v1\n")
     assert xattr(path, "claims") == ""
     reader = agents("reader-1")
-    reader.ok("read", path)
+    reader.ok("readfile", path)
     claims = claim_lines(xattr(path, "claims"))
     assert [(c["identity"], c["kind"], c["version"], c["epoch"], c["pid"]) for c in claims] \
         == [("agent:reader-1", "read", "1", "0", str(reader.pid))]
-    own = claim_lines(str(reader.ok("xattr", path, "user.fencefs.claim")))
+    own = claim_lines(str(reader.ok("getxattr", path, "user.fencefs.claim")))
     assert [(c["identity"], c["kind"], c["version"]) for c in own] == \
         [("agent:reader-1", "read", "1")]
     assert xattr(path, "claim") == ""  # the test process has no claim on it
     other = agents()
-    assert other.ok("xattr", path, "user.fencefs.claim") == ""
+    assert other.ok("getxattr", path, "user.fencefs.claim") == ""
 
     # A write handle adds a write claim; both show for the reader's identity.
     reader.ok("hold", path, "inplace")
     kinds = sorted((c["identity"], c["kind"]) for c in claim_lines(xattr(path, "claims")))
     assert kinds == [("agent:reader-1", "read"), ("agent:reader-1", "write")]
-    own = claim_lines(str(reader.ok("xattr", path, "user.fencefs.claim")))
+    own = claim_lines(str(reader.ok("getxattr", path, "user.fencefs.claim")))
     assert sorted(c["kind"] for c in own) == ["read", "write"]
     reader.ok("drop", path)  # nothing written: no commit
     assert xattr(path, "version") == "1"
 
     # Another identity's commit leaves the read claim stale, visibly.
-    other.ok("write", path, "v2\n")
-    mine = claim_lines(str(reader.ok("xattr", path, "user.fencefs.claim")))
+    other.ok("writefile", path, "v2\n")
+    mine = claim_lines(str(reader.ok("getxattr", path, "user.fencefs.claim")))
     assert [(c["kind"], c["version"]) for c in mine] == [("read", "1")]
     assert xattr(path, "version") == "2"
     # Reading again refreshes it; a reclaim is visible as the epoch moving.
-    reader.ok("read", path)
+    reader.ok("readfile", path)
     os.setxattr(path, "user.fencefs.reclaim", b"1")
-    mine = claim_lines(str(reader.ok("xattr", path, "user.fencefs.claim")))
+    mine = claim_lines(str(reader.ok("getxattr", path, "user.fencefs.claim")))
     assert [(c["kind"], c["version"], c["epoch"]) for c in mine] == [("read", "2", "0")]
     assert xattr(path, "epoch") == "1"
     # getfattr shows the whole set.
@@ -926,11 +670,11 @@ def test_claims_of_exited_process_are_dropped(make_mount: Callable[..., Mount]) 
     mount = make_mount("--upkeep-interval", "0.2")
     path = mount.path("plan.md")
     write_blind(path, "v1\n")
-    proc = subprocess.run([sys.executable, "-c",
-                           "import os,sys; open(sys.argv[1]).read(); print(os.getpid())", path],
-                          capture_output=True, text=True, env=clean_env(), check=True)
-    identity = f"identity=pid:{proc.stdout.strip()} kind=read"
-    assert identity in xattr(path, "claims")
+    reader = Agent()
+    reader.ok("readfile", path)
+    identity = f"identity=pid:{reader.pid} kind=read"
+    assert identity in xattr(path, "claims")  # kept while the reader lives
+    assert reader.close() == 0
     deadline = time.monotonic() + 10
     while identity in xattr(path, "claims"):
         assert time.monotonic() < deadline, "claims of an exited process were never dropped"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount
+from tests.support.mount import Mount
 from tests.test_conformance import Outcome, listing, outcome, read
 
 NAME_MAX = 255

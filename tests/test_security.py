@@ -15,15 +15,14 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, require_fuse
+from tests.support.agent import Agent
+from tests.support.mount import Mount, require_fuse
 
 USER = "fencefs-test"
 PYTHON = "/usr/bin/python3"  # the test's own interpreter may sit where others cannot go
@@ -74,97 +73,83 @@ def shared(base: Path) -> Iterator[Mount]:
         assert "Traceback" not in log and " ERROR " not in log, f"daemon logged errors:\n{log}"
 
 
-# Runs as the other user: each argument is an operation, the outcome of each
-# is printed as one JSON line ("ok" and a value, or the errno name).
-PROBE = textwrap.dedent("""
-    import errno, json, os, sys
-    def run(op, path, arg=None):
-        if op == "read":
-            with open(path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        if op == "write":
-            with open(path, "w") as f:
-                f.write(arg)
-            return None
-        if op == "append":
-            with open(path, "a") as f:
-                f.write(arg)
-            return None
-        if op == "getxattr":
-            return os.getxattr(path, arg).decode("utf-8", "replace")
-        if op == "setxattr":
-            name, _, value = arg.partition("=")
-            return os.setxattr(path, name, value.encode())
-        if op == "listxattr":
-            return sorted(os.listxattr(path))
-        if op == "listdir":
-            return sorted(os.listdir(path))
-        if op == "stat":
-            st = os.stat(path)
-            return [st.st_uid, st.st_mode & 0o7777]
-        if op == "chmod":
-            return os.chmod(path, int(arg, 8))
-        if op == "chown":
-            return os.chown(path, int(arg), -1)
-        if op == "mkdir":
-            return os.mkdir(path)
-        if op == "unlink":
-            return os.unlink(path)
-        if op == "umask":
-            return oct(os.umask(int(arg, 8)))
-        if op == "create":
-            return os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, int(arg, 8)))
-        if op == "mknod":
-            import stat
-            kinds = {"chr": stat.S_IFCHR, "blk": stat.S_IFBLK, "fifo": stat.S_IFIFO}
-            return os.mknod(path, kinds[arg] | 0o644, os.makedev(1, 3))
-        if op == "symlink":
-            return os.symlink(arg, path)
-        if op == "lstat":
-            st = os.lstat(path)
-            return [st.st_uid, st.st_gid, st.st_mode & 0o7777]
-        raise ValueError(op)
-    for item in sys.argv[1:]:
-        op, path, *rest = json.loads(item)
-        try:
-            out = ["ok", run(op, path, *rest)]
-        except OSError as e:
-            out = ["err", errno.errorcode[e.errno]]
-        print(json.dumps(out), flush=True)
-""")
+def user_agent(user: pwd.struct_passwd, env: dict[str, str] | None = None) -> Agent:
+    """A test agent running as ``user`` (under /usr/bin/python3, from /)."""
+    env = {"PATH": "/usr/bin:/bin", **(env or {})}
+    return Agent(env.get("FENCEFS_AGENT"), env=env, python=PYTHON, cwd="/",
+                 prefix=["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                         "--clear-groups"])
+
+
+def probe_command(op: str, path: str, arg: str | None = None) -> list[object]:
+    """A probe (read, write, append, getxattr, setxattr NAME=VALUE, listxattr,
+    listdir, stat, chmod OCTAL, chown UID, mkdir, unlink) as an agent command."""
+    if op == "read":
+        return ["readfile", path]
+    if op == "write":
+        return ["writefile", path, arg]
+    if op == "append":
+        return ["writefile", path, arg, "append"]
+    if op == "setxattr":
+        assert arg is not None
+        name, _, value = arg.partition("=")
+        return ["setxattr", path, name, value]
+    if op == "chmod":
+        assert arg is not None
+        return ["chmod", path, int(arg, 8)]
+    if op == "chown":
+        assert arg is not None
+        return ["chown", path, int(arg), -1]
+    if op == "symlink":  # ["symlink", LINK, TARGET]
+        return ["symlink", arg, path]
+    if op == "umask":  # ["umask", ANY, OCTAL]: the path is not used
+        assert arg is not None
+        return ["umask", int(arg, 8)]
+    if op == "create":
+        assert arg is not None
+        return ["create", path, int(arg, 8)]
+    return [op, path] if arg is None else [op, path, arg]
 
 
 def as_user(user: pwd.struct_passwd, *ops: list[object],
             env: dict[str, str] | None = None) -> list[list[object]]:
-    cmd = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
-           PYTHON, "-c", PROBE, *[json.dumps(op) for op in ops]]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd="/",
-                            env={"PATH": "/usr/bin:/bin", **(env or {})})
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    """Run each probe as ``user``, in one process; each outcome as ["ok", value]
+    (stat: [uid, mode]) or ["err", errno name]."""
+    outcomes: list[list[object]] = []
+    with user_agent(user, env) as agent:
+        for op in ops:
+            answer = agent.do(*probe_command(*op))  # type: ignore[arg-type]
+            if "err" in answer:
+                outcomes.append(["err", answer["err"]])
+            elif op[0] == "stat":
+                outcomes.append(["ok", [answer["ok"]["uid"], answer["ok"]["mode"]]])
+            elif op[0] in ("write", "append"):
+                outcomes.append(["ok", None])
+            else:
+                outcomes.append(["ok", answer["ok"]])
+        assert agent.close() == 0
+    return outcomes
 
 
-def holder(path: str) -> subprocess.Popen[str]:
-    """The mounting user (root) holding a write claim on ``path``."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import os, sys
-        fd = os.open(sys.argv[1], os.O_RDWR)
-        os.write(fd, b"root's draft")
-        print("ready", flush=True)
-        sys.stdin.readline()
-        try:
-            os.close(fd)
-        except OSError as e:
-            print(e.errno)
-    """), path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "FENCEFS_AGENT": "root-agent"})
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return proc
+class Holder:
+    """The mounting user (root), agent root-agent, holding a write claim on
+    ``path`` with a draft written."""
+
+    def __init__(self, path: str) -> None:
+        self.agent = Agent("root-agent")
+        self.fd = self.agent.ok("open", path, "O_RDWR")
+        assert self.agent.ok("write", self.fd, "root's draft") == 12
 
 
-def finish(proc: subprocess.Popen[str]) -> str:
-    out, _ = proc.communicate("\n", timeout=30)
-    return out.strip()
+def holder(path: str) -> Holder:
+    return Holder(path)
+
+
+def finish(proc: Holder) -> str:
+    """Close the holder's descriptor: "" or the close's errno (a number)."""
+    answer = proc.agent.do("close", proc.fd)
+    proc.agent.close()
+    return "" if "ok" in answer else str(getattr(errno, answer["err"]))
 
 
 def test_mount_without_allow_other_is_private(base: Path, other: pwd.struct_passwd) -> None:
@@ -268,20 +253,13 @@ def test_rejected_writes_and_journal_are_kept_from_those_who_could_not_read(
     # The other user's own stale write to a file only it can read.
     mine = m.path("mine.txt")
     assert as_user(other, ["write", mine, "m"], ["chmod", mine, "600"]) == [["ok", None]] * 2
-    code = textwrap.dedent("""
-        import os, sys
-        fd = os.open(sys.argv[1], os.O_RDWR)
-        os.write(fd, b"mine, stale")
-        os.setxattr(sys.argv[1], "user.fencefs.reclaim", b"1")
-        try:
-            os.close(fd)
-        except OSError as e:
-            print(e.errno)
-    """)
-    out = subprocess.run(["setpriv", f"--reuid={other.pw_uid}", f"--regid={other.pw_gid}",
-                          "--clear-groups", PYTHON, "-c", code, mine],
-                         capture_output=True, text=True, cwd="/", check=True)
-    assert out.stdout.strip() == str(errno.ESTALE)
+    with user_agent(other) as agent:
+        fd = agent.ok("open", mine, "O_RDWR")
+        agent.ok("write", fd, "mine, stale")
+        agent.ok("setxattr", mine, "user.fencefs.reclaim", "1")
+        assert agent.do("close", fd) == {"err": "ESTALE", "stage": "close"}
+        assert agent.close() == 0
+
     rejected = {name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 2)[-1]: name
                 for name in m.rejected()}
     assert set(rejected) == {"secret.txt", "shared.txt", "mine.txt"}

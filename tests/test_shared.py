@@ -7,12 +7,13 @@ import errno
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Mount, run_py
+from tests.support.agent import Agent
+from tests.support.mount import Mount
+from tests.support.procs import run_py
 
 
 def xattr(path: str, name: str) -> str:
@@ -23,36 +24,33 @@ def events(mount: Mount, name: str) -> list[dict[str, object]]:
     return [e for e in mount.journal() if e["event"] == name]
 
 
-# A process that opens FILE read-write, writes PAYLOAD at offset 0, says
-# "written", and keeps the file open until told (a line on stdin); then
-# fsyncs if asked and closes.
-HOLDER = textwrap.dedent("""
-    import errno, os, sys
-    fd = os.open(sys.argv[1], os.O_RDWR)
-    os.pwrite(fd, sys.argv[2].encode(), 0)
-    print("written", flush=True)
-    line = sys.stdin.readline().strip()
+class Holder:
+    """An agent that opened FILE read-write and wrote PAYLOAD at offset 0,
+    keeping the file open until released (then fsyncs if asked, and closes)."""
+
+    def __init__(self, path: str, payload: str) -> None:
+        self.agent = Agent()
+        self.fd = self.agent.ok("open", path, "O_RDWR")
+        assert self.agent.ok("pwrite", self.fd, payload, 0) == len(payload)
+
+
+def hold(path: str, payload: str) -> Holder:
+    return Holder(path, payload)
+
+
+def release(proc: Holder, how: str = "close", expect: str = "closed") -> None:
+    """``how``: "fsync" first, or just "close"; ``expect``: "closed" or the
+    errno's name of the failing call."""
+    agent = proc.agent
     try:
-        if line == "fsync":
-            os.fsync(fd)
-        os.close(fd)
-    except OSError as e:
-        print(errno.errorcode[e.errno], flush=True)
-        sys.exit(0)
-    print("closed", flush=True)
-""")
-
-
-def hold(path: str, payload: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, path, payload],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "written"
-    return proc
-
-
-def release(proc: subprocess.Popen[str], how: str = "close", expect: str = "closed") -> None:
-    out, _ = proc.communicate(f"{how}\n", timeout=30)
-    assert out.strip() == expect
+        answer = agent.do("fsync", proc.fd) if how == "fsync" else {"ok": None}
+        if "ok" in answer:
+            answer = agent.do("close", proc.fd)
+        else:
+            agent.do("close", proc.fd)
+    finally:
+        agent.close()
+    assert ("closed" if "ok" in answer else answer["err"]) == expect
 
 
 READ = "import sys; print(open(sys.argv[1]).read(), end='')"
@@ -166,75 +164,54 @@ def test_truncate_in_place(mount: Mount) -> None:
 
 def test_shared_mmap_between_processes(mount: Mount) -> None:
     path = mount.seed("app.db-shm", "\0" * 8192)
-    code = textwrap.dedent("""
-        import mmap, os, sys
-        fd = os.open(sys.argv[1], os.O_RDWR)
-        m = mmap.mmap(fd, 8192, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        if sys.argv[2] == "write":
-            m[100:105] = b"hello"
-            print("written", flush=True)
-            sys.stdin.readline()
-        else:
-            print(bytes(m[100:105]).decode(), os.pread(fd, 5, 100).decode(), flush=True)
-        m.close()
-        os.close(fd)
-    """)
-    writer = subprocess.Popen([sys.executable, "-c", code, path, "write"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    writer, reader = Agent(), Agent()
     try:
-        assert writer.stdout is not None and writer.stdout.readline().strip() == "written"
+        wfd = writer.ok("open", path, "O_RDWR")
+        writer.ok("mmap", wfd, 8192)
+        writer.ok("mmap_write", wfd, 100, "hello")  # a store into the shared mapping
         # Another process's mapping and its read() see the writer's store.
-        assert run_py(code, path, "read").stdout.split() == ["hello", "hello"]
+        rfd = reader.ok("open", path, "O_RDWR")
+        reader.ok("mmap", rfd, 8192)
+        assert [reader.ok("mmap_read", rfd, 100, 5), reader.ok("pread", rfd, 5, 100)] \
+            == ["hello", "hello"]
+        reader.ok("munmap", rfd)
+        reader.ok("close", rfd)
     finally:
-        writer.communicate("\n", timeout=30)
-    assert writer.returncode == 0
+        writer.ok("munmap", wfd)
+        writer.ok("close", wfd)
+        assert writer.close() == 0 and reader.close() == 0
     assert (mount.backing / "app.db-shm").read_bytes()[100:105] == b"hello"
     assert xattr(path, "version") == "2"
 
 
 def test_mmap_of_a_fenced_file_is_refused(mount: Mount) -> None:
     path = mount.seed("plan.md", "\0" * 4096)
-    out = run_py(textwrap.dedent("""
-        import errno, mmap, os, sys
-        fd = os.open(sys.argv[1], os.O_RDWR)
-        try:
-            mmap.mmap(fd, 4096, mmap.MAP_SHARED)
-            print("mapped")
-        except OSError as e:
-            print(errno.errorcode[e.errno])
-    """), path)
-    assert out.stdout.strip() == "ENODEV"
+    with Agent() as agent:
+        fd = agent.ok("open", path, "O_RDWR")
+        assert agent.do("mmap", fd, 4096) == {"err": "ENODEV", "stage": "mmap"}
+        agent.close()
 
-
-LOCKER = textwrap.dedent("""
-    import fcntl, os, sys
-    fd = os.open(sys.argv[1], os.O_RDWR)
-    kind = sys.argv[2]
-    op = {"posix": fcntl.lockf, "flock": fcntl.flock}[kind]
-    if sys.argv[3] == "hold":
-        op(fd, fcntl.LOCK_EX)
-        print("locked", flush=True)
-        sys.stdin.readline()
-    else:
-        try:
-            op(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            print("got it")
-        except OSError as e:
-            print(e.errno)
-""")
 
 
 @pytest.mark.parametrize("kind", ["posix", "flock"])
 def test_locks_work_between_processes(mount: Mount, kind: str) -> None:
     path = mount.seed("app.db", "x")
-    holder = subprocess.Popen([sys.executable, "-c", LOCKER, path, kind, "hold"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def try_lock() -> dict[str, object]:  # a fresh process, a non-blocking lock
+        with Agent() as agent:
+            fd = agent.ok("open", path, "O_RDWR")
+            answer = agent.do("lock", fd, kind, False)
+            agent.close()
+        return answer
+
+    holder = Agent()
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        assert run_py(LOCKER, path, kind, "try").stdout.strip() == str(errno.EAGAIN)
+        fd = holder.ok("open", path, "O_RDWR")
+        holder.ok("lock", fd, kind, True)
+        assert try_lock() == {"err": errno.errorcode[errno.EAGAIN], "stage": "lock"}
     finally:
-        holder.communicate("\n", timeout=30)
-    assert run_py(LOCKER, path, kind, "try").stdout.strip() == "got it"
+        holder.close()
+    assert try_lock() == {"ok": None}
+
 
 
 # -- no fencing ---------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_cut_is_links_and_stays_put_across_commits(tmp_path: Path) -> None:
     assert (info.files, info.bytes, info.under) == (2, len("plan v1") + len("results v3"), "")
     snap = Path(snaps.path("s1"))
     # zero-copy: the same inode as the committed file
-    assert (snap / "plan.md").stat().st_ino == Path(os.path.join(backing.root, "plan.md")).stat().st_ino
+    assert (snap / "plan.md").stat().st_ino == (Path(backing.root) / "plan.md").stat().st_ino
     assert os.readlink(snap / "link") == "plan.md"
     assert not (snap / ".fencefs").exists()
     put(backing, "plan.md", "plan v2", 2)  # a later commit
@@ -57,8 +57,8 @@ def test_under_a_directory_and_copies_for_shared(tmp_path: Path) -> None:
     snaps.create("s", "sub", copy_instead=lambda rel: rel.endswith(".db"))
     snap = Path(snaps.path("s"))
     assert sorted(os.listdir(snap)) == ["a.db", "b.txt"]
-    assert (snap / "a.db").stat().st_ino != Path(os.path.join(backing.root, "sub/a.db")).stat().st_ino
-    assert (snap / "b.txt").stat().st_ino == Path(os.path.join(backing.root, "sub/b.txt")).stat().st_ino
+    assert (snap / "a.db").stat().st_ino != (Path(backing.root) / "sub/a.db").stat().st_ino
+    assert (snap / "b.txt").stat().st_ino == (Path(backing.root) / "sub/b.txt").stat().st_ino
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", ".", "x..y", ".hidden", "", "bad\nname"])
@@ -97,7 +97,7 @@ def test_delete_and_recover(tmp_path: Path) -> None:
     os.mkdir(os.path.join(snaps.dir, "nomanifest"))
     assert snaps.recover() == 2
     assert os.listdir(snaps.dir) == []
-    assert Path(os.path.join(backing.root, "f")).read_text() == "x"
+    assert (Path(backing.root) / "f").read_text() == "x"
 
 
 def test_directories_keep_their_mode(tmp_path: Path) -> None:

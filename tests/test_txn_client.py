@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fencefs import client
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 RACER = r"""
 import json, sys

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 COMMIT = "user.fencefs.commit"
 
@@ -281,7 +281,7 @@ def test_daemon_killed_at_every_step_of_a_transaction(tmp_path: Path, step: str,
     """The daemon dies (SIGKILL, by its test hook) at ``step`` of a
     transaction's install; after the next mount every file is old, or every
     file is new, and the journal says which."""
-    from tests.conftest import require_fuse
+    from tests.support.mount import require_fuse
 
     require_fuse()
     m = Mount(tmp_path)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import require_fuse
+from tests.support.mount import require_fuse
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,8 @@ import pytest
 
 from fencefs import wire
 from fencefs.wire import ClaimInfo, StatusClaim, StatusEntry
-from tests.conftest import Mount, require_fuse, run_py
+from tests.support.mount import Mount, require_fuse
+from tests.support.procs import run_py
 
 
 def test_wire_is_standard_library_only() -> None:

@@ -51,8 +51,8 @@ def decode_state(raw: bytes) -> tuple[Persisted, Fingerprint | None]:
         if version < 0 or epoch < 0 or (policy is not None and policy not in POLICIES):
             raise BadValue(str(policy))
         fp = Fingerprint(int(d["ino"]), int(d["size"]), int(d["mtime"]))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return Persisted(0, 0), None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        return Persisted(0, 0), None  # (OverflowError: 1e400 or Infinity, no integer)
     return Persisted(version, epoch, policy), fp
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.adapters.conftest import Race, need
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 need("autogen_agentchat", "autogen")
 need("autogen_ext.models.replay", "autogen")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.adapters.conftest import Race, need
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 need("crewai", "crewai")
 

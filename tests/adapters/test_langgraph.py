@@ -14,7 +14,7 @@ from typing import Any, TypedDict
 import pytest
 
 from tests.adapters.conftest import Race, need
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 need("langgraph", "langgraph")
 

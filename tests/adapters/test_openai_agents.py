@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.adapters.conftest import Race, need
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 need("agents", "openai-agents")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from tests.compat.programs import need, read, sh
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 
 from tests.compat.programs import need, read, version
-from tests.conftest import Mount, run_py
+from tests.support.agent import Agent, run_agent
+from tests.support.mount import Mount
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -19,16 +19,9 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_python_json_load_modify_dump(mount: Mount) -> None:
     path = mount.seed("memory.json", '{"facts": ["a"]}')
-    code = textwrap.dedent("""
-        import json, sys
-        with open(sys.argv[1]) as f:
-            doc = json.load(f)
-        doc["facts"].append("b")
-        with open(sys.argv[1], "w") as f:
-            json.dump(doc, f)
-    """)
-    ok(run_py(code, path))
-    ok(run_py(code, path))
+    # json.load, append to a list, json.dump back (open "w"): twice, by two processes
+    for _ in range(2):
+        assert run_agent([["json_append", path, "facts", "b"]]) == [{"ok": None}]
     assert read(path) == '{"facts": ["a", "b", "b"]}'
     assert version(path) == 3
 
@@ -36,28 +29,9 @@ def test_python_json_load_modify_dump(mount: Mount) -> None:
 def test_python_tempfile_os_replace_copyfile_move(mount: Mount) -> None:
     os.mkdir(mount.path("archive"))
     target = mount.seed("plan.md", "old\n")
-    code = textwrap.dedent("""
-        import os, shutil, sys, tempfile
-        target = sys.argv[1]
-        d = os.path.dirname(target)
-        # the atomic-write idiom, replacing while the temporary file is open
-        with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as f:
-            f.write("new\\n")
-            f.flush()
-            os.fsync(f.fileno())
-            os.replace(f.name, target)
-        fd, tmp = tempfile.mkstemp(dir=d)
-        with os.fdopen(fd, "w") as f:
-            f.write("newer\\n")
-        os.replace(tmp, target)
-        shutil.copyfile(target, os.path.join(d, "copy.md"))
-        shutil.copy2(target, os.path.join(d, "copy2.md"))
-        shutil.move(os.path.join(d, "copy.md"), os.path.join(d, "moved.md"))
-        shutil.move(os.path.join(d, "moved.md"), os.path.join(d, "archive"))
-        shutil.copytree(os.path.join(d, "archive"), os.path.join(d, "archive2"))
-        shutil.rmtree(os.path.join(d, "archive2"))
-    """)
-    ok(run_py(code, target))
+    # NamedTemporaryFile + os.replace while open, mkstemp + os.replace,
+    # shutil.copyfile, copy2, move (twice), copytree, rmtree
+    assert run_agent([["python_file_idioms", target]]) == [{"ok": None}]
     assert read(target) == "newer\n"
     assert read(mount.path("archive/moved.md")) == "newer\n"
     assert os.stat(mount.path("copy2.md")).st_mtime_ns == os.stat(target).st_mtime_ns
@@ -88,56 +62,23 @@ def test_node_write_append_rename(mount: Mount) -> None:
     assert version(mount.path("notes.txt")) == 4
 
 
-# The rewriter holds one read-write handle and, every 50 ms, rewrites the
-# whole file (a different length each time) and fsyncs it.
-REWRITER = textwrap.dedent("""
-    import os, sys, time
-    fd = os.open(sys.argv[1], os.O_RDWR)
-    for n in range(int(sys.argv[2])):
-        body = (f"{n:06d}" * (500 + 37 * (n % 11))).encode()
-        data = b"BEGIN %d %d\\n" % (n, len(body)) + body + b"\\nEND\\n"
-        os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
-        os.fsync(fd)
-        time.sleep(0.05)
-    os.close(fd)
-    print("done", flush=True)
-""")
-
-# The reader opens, reads and closes the file over and over until the
-# rewriter is done, and checks that every read is one whole version.
-READER = textwrap.dedent("""
-    import os, sys
-    path, stop = sys.argv[1], sys.argv[2]
-    seen = set()
-    while not os.path.exists(stop):
-        with open(path, "rb") as f:
-            data = f.read()
-        head, _, rest = data.partition(b"\\n")
-        _, n, size = head.split()
-        body, tail = rest[:int(size)], rest[int(size):]
-        if tail != b"\\nEND\\n" or body != b"%06d" % int(n) * (len(body) // 6) \\
-                or len(body) != 6 * (500 + 37 * (int(n) % 11)):
-            print("TORN", n, len(data), flush=True)
-            sys.exit(1)
-        seen.add(int(n))
-    print(len(seen), flush=True)
-""")
-
-
 def test_reader_sees_only_whole_versions_of_a_file_rewritten_in_place(mount: Mount,
                                                                        tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = mount.seed("status.txt", f"BEGIN 0 3000\n{'000000' * 500}\nEND\n")
     stop = tmp_path / "stop"
-    reader = subprocess.Popen([sys.executable, "-c", READER, path, str(stop)],
-                              stdout=subprocess.PIPE, text=True)
+    # The reader opens, reads and closes the file over and over until the
+    # rewriter is done, and checks that every read is one whole version.
+    reader = Agent()
+    reader.send("read_whole_versions", path, str(stop))
     rounds = 40
     try:
-        writer = run_py(REWRITER, path, str(rounds), timeout=60)
-        assert writer.stdout.strip() == "done", writer.stderr
+        # The rewriter holds one read-write handle and, every 50 ms, rewrites
+        # the whole file (a different length each time) and fsyncs it.
+        assert run_agent([["rewrite_in_place", path, rounds]]) == [{"ok": rounds}]
     finally:
         stop.touch()
-        out, _ = reader.communicate(timeout=30)
-    assert reader.returncode == 0, out
-    assert int(out) >= 5  # it did see the file move on, many times
+        answer = reader.answer()
+        assert reader.close() == 0
+    assert "ok" in answer, answer
+    assert answer["ok"] >= 5  # it did see the file move on, many times
     assert version(path) == 1 + rounds

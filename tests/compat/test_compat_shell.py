@@ -11,7 +11,6 @@ import ctypes
 import errno
 import os
 import subprocess
-import textwrap
 
 import pytest
 
@@ -25,7 +24,8 @@ from tests.compat.programs import (
     tree,
     version,
 )
-from tests.conftest import Mount
+from tests.support.agent import run_agent
+from tests.support.mount import Mount
 
 # -- in-place editors: a temporary file renamed over the target --------------
 
@@ -238,12 +238,5 @@ def test_cp_a_copies_the_policy_and_nothing_else(mount: Mount) -> None:
     assert os.getxattr(copy, "user.fencefs.policy") == b"exclusive"
     assert os.getxattr(copy, "user.note") == b"mine"
     assert version(copy) == 1
-    code = textwrap.dedent("""
-        import os, sys
-        try:
-            os.setxattr(sys.argv[1], "user.fencefs.version", b"7")
-        except OSError as e:
-            print(e.errno)
-    """)
-    out = subprocess.run(["python3", "-c", code, copy], capture_output=True, text=True)
-    assert out.stdout.strip() == str(errno.EINVAL)
+    out = run_agent([["setxattr", copy, "user.fencefs.version", "7"]], python="python3")
+    assert out == [{"err": errno.errorcode[errno.EINVAL], "stage": "setxattr"}]

@@ -5,42 +5,30 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from tests.compat.programs import need, sh, version
-from tests.conftest import Mount, open_barrier
+from tests.support.agent import Agent, run_agent
+from tests.support.mount import Mount
 
 ROWS = 500
-
-# One writer: waits for "go", inserts ROWS rows, one transaction each, with
-# a busy timeout so that it waits for the other writer's lock.
-INSERTER = textwrap.dedent("""
-    import sqlite3, sys
-    path, who, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    con = sqlite3.connect(path, timeout=60, isolation_level=None)
-    con.execute("pragma busy_timeout = 60000")
-    print("ready", flush=True)
-    sys.stdin.readline()
-    for i in range(rows):
-        con.execute("insert into t (who, i) values (?, ?)", (who, i))
-    con.close()
-    print("done", flush=True)
-""")
-
 
 def test_sqlite3_one_process_1000_rows_in_a_transaction(mount: Mount) -> None:
     need("sqlite3")
     inserts = "".join(f"insert into t values ({i}, 'row {i}');" for i in range(1000))
-    sh(f"sqlite3 app.db \"create table t (id integer primary key, v text); begin; {inserts} "
-       "commit;\"", mount.mnt)
+    sh("sqlite3 app.db 'create table t (id integer primary key, v text);'", mount.mnt)
+    created = version(mount.path("app.db"))
+    assert created >= 1  # the table's creation was written and committed
+    sh(f"sqlite3 app.db \"begin; {inserts} commit;\"", mount.mnt)
     out = sh("sqlite3 app.db 'select count(*), sum(id) from t; pragma integrity_check;'",
              mount.mnt).stdout
     assert out == f"1000|{sum(range(1000))}\nok\n"
     assert os.getxattr(mount.path("app.db"), "user.fencefs.policy") == b"shared"
-    assert version(mount.path("app.db")) >= 1
+    # The transaction's commit made versions of the database, each journaled.
+    assert version(mount.path("app.db")) > created
+    commits = [e for e in mount.journal() if e["file"] == "app.db" and e["event"] == "commit"]
+    assert [e["new_version"] for e in commits] == list(range(1, version(mount.path("app.db")) + 1))
     assert not os.path.exists(mount.path("app.db-journal"))
 
 
@@ -50,15 +38,17 @@ def test_two_processes_insert_concurrently(mount: Mount, mode: str) -> None:
     db = mount.path("agents.db")
     sh(f"sqlite3 agents.db 'pragma journal_mode = {mode}; create table t (who text, i int);'",
        mount.mnt)
-    procs = [subprocess.Popen([sys.executable, "-c", INSERTER, db, who, str(ROWS)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for who in ("a", "b")]
-    for proc in procs:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    open_barrier(procs)
-    for proc in procs:
-        out, _ = proc.communicate(timeout=120)
-        assert out.strip() == "done"
+    # One writer each: a connection with a busy timeout (it waits for the
+    # other writer's lock), then ROWS rows, one transaction each.
+    procs = [Agent(), Agent()]
+    try:
+        for proc in procs:
+            proc.ok("sqlite_open", db)
+        for proc, who in zip(procs, ("a", "b"), strict=True):  # released together
+            proc.send("sqlite_insert", who, ROWS)
+        assert [proc.answer() for proc in procs] == [{"ok": ROWS}] * 2
+    finally:
+        assert [proc.close(timeout=120) for proc in procs] == [0, 0]
     out = sh("sqlite3 agents.db 'pragma journal_mode; select who, count(*), count(distinct i) "
              "from t group by who order by who; pragma integrity_check;'", mount.mnt).stdout
     assert out == f"{mode}\na|{ROWS}|{ROWS}\nb|{ROWS}|{ROWS}\nok\n"
@@ -73,23 +63,10 @@ def test_without_the_shared_policy_concurrent_connections_fail(make_mount) -> No
     cannot even start, its index needs a shared mapping (ENODEV)."""
     need("sqlite3")
     mount = make_mount("--no-default-shared-globs")
-    code = textwrap.dedent("""
-        import sqlite3, sys
-        path = sys.argv[1]
-        a = sqlite3.connect(path, isolation_level=None)
-        a.execute("create table t (x)")
-        b = sqlite3.connect(path, isolation_level=None)
-        b.execute("select count(*) from t").fetchall()
-        a.execute("insert into t values (1)")
-        try:
-            b.execute("insert into t values (2)")
-            print("inserted")
-        except sqlite3.Error as e:
-            print(type(e).__name__, e)
-    """)
-    out = subprocess.run([sys.executable, "-c", code, mount.path("app.db")],
-                         capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "OperationalError disk I/O error", out
+    # Two connections; the second inserts on the snapshot it read before the
+    # first inserted.
+    out = run_agent([["sqlite_stale_connection", mount.path("app.db")]])
+    assert out == [{"ok": "OperationalError disk I/O error"}], out
     wal = subprocess.run(["sqlite3", "w.db", "pragma journal_mode = wal; create table t (x);"],
                          cwd=mount.mnt, capture_output=True, text=True)
     assert wal.returncode != 0 and "disk I/O error" in wal.stderr

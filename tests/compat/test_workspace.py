@@ -11,7 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.conftest import Mount
+from tests.support.mount import Mount
 
 MODULE = 'VALUE = "installed inside fencefs"\n\ndef main():\n    print(VALUE)\n'
 
