@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 
 from fencefs.core.model import Persisted
-from fencefs.store.backing import STATE_XATTR, Backing, Fingerprint, encode_state
+from fencefs.store.backing import STATE_XATTR, Backing, Fingerprint, encode_state, stamp
+from fencefs.store.retention import RejectedIndex
 
 log = logging.getLogger("fencefs.store")
 
@@ -35,6 +36,8 @@ class Draft:
     path: str
     fd: int
     target: str
+    identity: str = "?"
+    pid: int = 0
 
     @property
     def name(self) -> str:
@@ -50,6 +53,8 @@ class Drafts:
         self._seq = itertools.count(1)
         for d in (backing.meta, self.dir, self.rejected_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
+        # Every rejected write, oldest first, for retention (store/retention.py).
+        self.rejected = RejectedIndex(self.rejected_dir)
 
     # -- making drafts -----------------------------------------------------
 
@@ -68,7 +73,7 @@ class Drafts:
             os.close(fd)
             os.unlink(path)
             raise
-        return Draft(path, fd, target)
+        return Draft(path, fd, target, identity, pid)
 
     # -- committing --------------------------------------------------------
 
@@ -81,6 +86,8 @@ class Drafts:
         _copy_metadata(self.backing.abs(draft.target), draft.fd)
         fp = Fingerprint.of(os.fstat(draft.fd))
         os.setxattr(draft.fd, STATE_XATTR, encode_state(persisted, fp))
+        # Who committed it and when: read back once this content is history.
+        stamp(draft.fd, draft.identity, draft.pid, time.time())
         if durable:
             os.fsync(draft.fd)
 
@@ -112,8 +119,17 @@ class Drafts:
         except OSError:
             pass
         os.rename(draft.path, dest)
+        self._rejected(name, draft.fd)
         close_quietly(draft.fd)
         return name
+
+    def _rejected(self, name: str, fd: int | None) -> None:
+        try:
+            size = os.fstat(fd).st_size if fd is not None else \
+                os.lstat(os.path.join(self.rejected_dir, name)).st_size
+        except OSError:
+            size = 0
+        self.rejected.add(name, size)
 
     def orphans(self) -> list[tuple[str, dict[str, object]]]:
         """Drafts left behind by a daemon that died."""
@@ -138,6 +154,7 @@ class Drafts:
         except OSError:
             pass  # the file is gone: the draft stays private (0600, the daemon's)
         os.rename(path, os.path.join(self.rejected_dir, name))
+        self._rejected(name, None)
         return name
 
 
@@ -243,7 +260,9 @@ def _copy_metadata(target_abs: str, fd: int) -> None:
     except OSError:
         return
     for name in names:
-        if name.startswith("user.") and name not in (STATE_XATTR, DRAFT_XATTR):
+        # fencefs's own attributes (state, draft, commit) describe that
+        # content, not the next one.
+        if name.startswith("user.") and not name.startswith("user.fencefs."):
             try:
                 os.setxattr(fd, name, os.getxattr(target_abs, name, follow_symlinks=False))
             except OSError:
