@@ -14,6 +14,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from fencefs import cli_history
+from fencefs.text import shown as _shown
+
 STATUS_XATTR = "user.fencefs.status"
 
 
@@ -87,6 +90,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     for pattern in args.shared_glob:
         if not pattern.strip("/"):
             raise UsageError(f"--shared-glob: not a pattern: {pattern!r}")
+    missing = cli_history.check_metrics_available(args)
+    if missing:
+        raise UsageError(missing)
     backing, mountpoint = validate_mount(args.backing, args.mountpoint)
     if args.foreground:
         from fencefs.daemon import serve, setup_logging
@@ -98,7 +104,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
                      warm_files=args.warm_files,
                      upkeep_interval=args.upkeep_interval, policy=args.policy,
                      lease_ttl=args.lease_ttl, wait=args.wait, sweep_after=args.sweep_after,
-                     shared_globs=shared_globs(args))
+                     shared_globs=shared_globs(args),
+                     retention=cli_history.retention_of(args), metrics=args.metrics)
     read_fd, write_fd = os.pipe()
     logfile = os.path.join(backing, ".fencefs", "daemon.log")
     command = [sys.executable, "-m", "fencefs.cli", "mount", "--foreground",
@@ -114,6 +121,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         command += ["--shared-glob", pattern]
     if args.no_default_shared_globs:
         command.append("--no-default-shared-globs")
+    command += cli_history.mount_argv(args)
     if args.debug:
         command.append("--debug")
     if args.allow_other:
@@ -180,27 +188,6 @@ def _alive(pid: int) -> bool:
 
 
 # -- reclaim, status, log ----------------------------------------------------
-
-
-def _shown(value: object) -> str:
-    """Text for a terminal. File names and identities come from anyone who can
-    write to the mount: control characters (newlines, escape sequences) and
-    bytes that are not UTF-8 are shown escaped, so that they can neither
-    forge lines nor drive the terminal."""
-    out = []
-    for ch in str(value):
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable():
-            out.append(ch)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(f"\\u{code:04x}")
-    return "".join(out)
 
 
 def _duration(text: str) -> float:
@@ -313,6 +300,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             rests = f"v{claim['version']}/e{claim['epoch']}"
             print(f"{head} {_shown(claim['identity'])[-20:]:20} {claim['pid']:>7} "
                   f"{claim['kind']:5} {rests:10} {lease}")
+    kept = cli_history.kept_line(args.mountpoint)
+    if kept:
+        print(kept)
     return 0
 
 
@@ -384,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "*.sqlite3 and their -wal, -shm, -journal files)")
     m.add_argument("--max-observations", type=int, default=100_000,
                    help="cap on remembered read claims (default 100000; oldest dropped)")
+    cli_history.add_mount_options(m)
     m.add_argument("--warm-files", type=int, default=8192, help=argparse.SUPPRESS)
     m.add_argument("--upkeep-interval", type=float, default=2.0, help=argparse.SUPPRESS)
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -418,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("file", nargs="?")
     lg.add_argument("--json", action="store_true")
     lg.set_defaults(func=cmd_log)
+
+    cli_history.add_parsers(sub)  # history, restore, gc, stats
     return parser
 
 
@@ -425,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except UsageError as e:
+    except (UsageError, cli_history.HistoryUsageError) as e:
         print(f"fencefs: {e}", file=sys.stderr)
         return 2
 

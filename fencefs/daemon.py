@@ -15,6 +15,8 @@ import trio
 
 from fencefs.fuse.identity import mount_id_of
 from fencefs.fuse.operations import FenceOperations
+from fencefs.metrics import Metrics
+from fencefs.store.retention import Retention
 
 log = logging.getLogger("fencefs")
 
@@ -51,6 +53,8 @@ def serve(
     wait: float = 0.0,
     sweep_after: float | None = None,
     shared_globs: Sequence[str] = (),
+    retention: Retention | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns exit code."""
     _raise_fd_limit()
@@ -61,6 +65,12 @@ def serve(
     recovered = ops.recover()
     if recovered:
         log.warning("put away %d draft(s) left by an earlier daemon", recovered)
+    exporter = None
+    if metrics is not None:  # before the mount: a port in use fails the start
+        from fencefs.metrics import serve as serve_metrics
+
+        exporter = serve_metrics(ops_metrics(ops), *metrics)
+        log.info("metrics on http://%s:%d/metrics", *exporter.server_address[:2])
     pyfuse3.init(ops, mountpoint, mount_options(ops.backing.root, allow_other=allow_other,
                                                 debug=debug))
     ops.mount_id = mount_id_of(mountpoint)
@@ -74,6 +84,9 @@ def serve(
         if not _only_cancelled(exc):
             log.error("fencefs stopped on an error", exc_info=exc)
     finally:
+        if exporter is not None:
+            exporter.shutdown()
+            exporter.server_close()
         pyfuse3.close(unmount=True)
         ops.journal.close()
         try:
@@ -81,6 +94,11 @@ def serve(
         except OSError:
             pass
     return 0 if clean else 1
+
+
+def ops_metrics(ops: FenceOperations) -> Metrics:
+    found = getattr(ops, "metrics", None)
+    return found if isinstance(found, Metrics) else Metrics()
 
 
 def _raise_fd_limit() -> None:

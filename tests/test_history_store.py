@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fencefs.core.model import Persisted
+from fencefs.history import decode_path, encode_name, encode_path
 from fencefs.metrics import Metrics, parse_address, quantile, serve
 from fencefs.store.backing import Backing, Fingerprint, encode_state, stamp
 from fencefs.store.drafts import Drafts, rejected_name
@@ -24,7 +25,7 @@ from fencefs.store.retention import (
     parse_duration,
     parse_size,
 )
-from fencefs.store.versions import VersionStore, decode_path, encode_name, encode_path
+from fencefs.store.versions import VersionStore
 
 
 def commit(backing: Backing, rel: str, data: bytes, version: int, who: str = "agent:a"
@@ -346,3 +347,33 @@ def test_prometheus_scrape_over_http() -> None:
     assert 'fencefs_commits_total{policy="optimistic"} 3.0' in text
     assert 'fencefs_commit_seconds_bucket{le="0.0025",policy="optimistic"} 1.0' in text
     assert "fencefs_rejected_writes 7.0" in text
+
+
+# -- the wire ---------------------------------------------------------------------------
+
+
+def test_restore_request_round_trip() -> None:
+    from fencefs.history import encode_restore, parse_restore
+
+    req = parse_restore(encode_restore("d/plan.md", 6, 9, 1))
+    assert (req.path, req.version, req.base, req.epoch) == ("d/plan.md", 6, 9, 1)
+    assert parse_restore(encode_restore("f", 1, None, None)).base is None
+    for bad in (b"", b"{}", b'{"path":"/abs","version":1}', b'{"path":"../x","version":1}',
+                b'{"path":"f","version":-1}', b'{"path":"f","version":true}',
+                b'{"path":"f","version":1,"base":"3"}', b'[1]'):
+        with pytest.raises(ValueError, match="bad restore request"):
+            parse_restore(bad)
+
+
+def test_client_history_is_plain_file_io() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, fencefs.client_history\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('pyfuse3', 'trio')"
+            " or m.startswith(('fencefs.fuse', 'fencefs.store', 'fencefs.core',"
+            " 'fencefs.daemon'))]\n"
+            "print(','.join(bad))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == ""

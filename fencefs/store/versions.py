@@ -36,6 +36,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from fencefs.history import decode_path, encode_path
 from fencefs.store.backing import COMMIT_XATTR, STATE_XATTR, decode_state
 from fencefs.store.drafts import copy_content
 from fencefs.store.retention import Dropped, Retention
@@ -44,39 +45,6 @@ log = logging.getLogger("fencefs.store")
 
 VERSIONS = "versions"
 _TMP = "%tmp."  # never produced by encode_name: '%' is always followed by hex digits
-
-
-def encode_name(name: str) -> str:
-    """One path component as a name in the history tree."""
-    name = name.replace("%", "%25")
-    if name.isdigit() and name.isascii():
-        name = f"%{ord(name[0]):02X}{name[1:]}"
-    return name
-
-
-def decode_name(name: str) -> str:
-    out, i = [], 0
-    while i < len(name):
-        if name[i] == "%" and _hex(name[i + 1:i + 3]):
-            out.append(chr(int(name[i + 1:i + 3], 16)))
-            i += 3
-        else:
-            out.append(name[i])
-            i += 1
-    return "".join(out)
-
-
-def _hex(text: str) -> bool:
-    return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
-
-
-def encode_path(rel: str) -> str:
-    """A file's path (relative to the mount) as a path in the history tree."""
-    return "/".join(encode_name(part) for part in rel.split("/"))
-
-
-def decode_path(encoded: str) -> str:
-    return "/".join(decode_name(part) for part in encoded.split("/"))
 
 
 @dataclass(frozen=True, slots=True)
