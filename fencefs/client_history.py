@@ -17,17 +17,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fencefs.client import FenceConflict, Fenced, FenceError
+from fencefs.client import FenceConflict, Fenced
 from fencefs.history import (
     GC,
     HISTORY,
     META,
     PREFIX,
-    RESTORE,
+    RESTORE_FROM,
     STATS,
     VERSIONS_VIEW,
     encode_path,
-    encode_restore,
+    encode_restore_from,
 )
 
 
@@ -156,44 +156,86 @@ def _current_of(full: str) -> tuple[int | None, int | None]:
 
 def restore(path: str | os.PathLike[str], version: int, *, retry: bool = False,
             attempts: int = 20) -> int:
-    """Make ``version``'s bytes the next version of ``path``: a fenced commit
-    resting on the version read here, so a commit landing in between raises
-    ``FenceConflict`` (with ``retry``, the state is read again and the restore
-    tried again, up to ``attempts`` times). ``Fenced`` if the file was
-    reclaimed meanwhile; ``NoSuchVersion`` if no such version is retained;
-    ``IsADirectoryError`` for a directory. Returns the new version."""
+    """Make ``version``'s bytes the next version of ``path`` (also of a
+    deleted one), by an ordinary fenced commit resting on the state read
+    here: a commit landing in between raises ``FenceConflict`` (with
+    ``retry``, the state is read again and the restore tried again, up to
+    ``attempts`` times); a reclaim raises ``Fenced``; ``NoSuchVersion`` if
+    no such version is retained; ``IsADirectoryError`` for a directory.
+    Returns the new version.
+
+    The steps: read the file's state and history; open the file for
+    writing and check, through the descriptor, that the handle rests on
+    that state (else nothing was written: a conflict); mark the handle as
+    restoring (``user.fencefs.restore-from``: the journal's commit line says
+    ``restored_from``); write the version's bytes; ``fsync`` commits."""
     p = os.fspath(path)
     if os.path.isdir(p):
         raise IsADirectoryError(_errno.EISDIR, "a directory has no versions", p)
-    root, rel = locate(p)
     for attempt in range(max(1, attempts)):
-        h = history(p)
-        if version not in {v.version for v in h.versions}:
-            raise NoSuchVersion(p, version, [v.version for v in h.versions])
         try:
-            os.setxattr(root, RESTORE, encode_restore(rel, version, h.version, h.epoch))
-        except OSError as e:
-            err: FenceError | None = None
-            if e.errno == _errno.EAGAIN:
-                err = FenceConflict(p, rested_version=h.version, rested_epoch=h.epoch)
-            elif e.errno == _errno.ESTALE:
-                err = Fenced(p, rested_version=h.version, rested_epoch=h.epoch)
-            elif e.errno == _errno.ENOENT:
-                raise NoSuchVersion(p, version, [v.version for v in h.versions]) from None
-            elif e.errno == _errno.EISDIR:
-                raise IsADirectoryError(_errno.EISDIR, "a directory has no versions",
-                                        p) from None
-            if err is None:
+            return _restore_once(p, version)
+        except FenceConflict:
+            if not retry or attempt + 1 >= attempts:
                 raise
-            if isinstance(err, FenceConflict) and retry and attempt + 1 < attempts:
-                time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
-                continue
-            cur = _current_of(os.path.join(root, rel))
-            err.current_version, err.current_epoch = cur
-            raise err from None
-        after = history(p)
-        return after.version if after.version is not None else (h.version or 0) + 1
+            time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
     raise AssertionError("unreachable")
+
+
+def _restore_once(p: str, version: int) -> int:
+    h = history(p)
+    kept = [v.version for v in h.versions]
+    if version not in kept:
+        raise NoSuchVersion(p, version, kept)
+    source = next(v.location for v in h.versions if v.version == version)
+    try:
+        src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:  # dropped by retention since
+        raise NoSuchVersion(p, version, kept) from None
+    rested = (h.version, h.epoch)
+
+    def refusal(e: OSError) -> BaseException:
+        cls = {_errno.EAGAIN: FenceConflict, _errno.ESTALE: Fenced}.get(e.errno or 0)
+        if cls is None:
+            return e
+        cur = _current_of(p)
+        return cls(p, rested_version=rested[0], rested_epoch=rested[1],
+                   current_version=cur[0], current_epoch=cur[1])
+
+    try:
+        flags = os.O_RDWR | os.O_CLOEXEC | (0 if h.exists else os.O_CREAT)
+        try:
+            fd = os.open(p, flags, os.fstat(src).st_mode & 0o7777)
+        except OSError as e:
+            raise refusal(e) from None
+        try:
+            now = (int(os.getxattr(fd, PREFIX + "version")),
+                   int(os.getxattr(fd, PREFIX + "epoch")))
+            if h.version is not None and now != rested:
+                cls = Fenced if h.epoch is not None and now[1] != h.epoch else FenceConflict
+                raise cls(p, rested_version=rested[0], rested_epoch=rested[1],
+                          current_version=now[0], current_epoch=now[1])
+            os.setxattr(fd, RESTORE_FROM, encode_restore_from(version))
+            try:
+                os.ftruncate(fd, 0)
+                offset = 0
+                while chunk := os.pread(src, 1 << 20, offset):
+                    view = memoryview(chunk)
+                    while view:
+                        n = os.pwrite(fd, view, offset)
+                        offset += n
+                        view = view[n:]
+                os.fsync(fd)  # the commit
+            except OSError as e:
+                raise refusal(e) from None
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the fsync already answered for the commit
+    finally:
+        os.close(src)
+    return now[0] + 1
 
 
 def stats(mountpoint: str | os.PathLike[str]) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def serve(
     ops = FenceOperations(backing, durable=durable, scope=scope,
                           max_observations=max_observations, default_policy=policy,
                           lease_ttl=lease_ttl, wait=wait, sweep_after=sweep_after,
-                          warm_files=warm_files, shared_globs=shared_globs)
+                          warm_files=warm_files, shared_globs=shared_globs,
+                          retention=retention)
     recovered = ops.recover()
     if recovered:
         log.warning("put away %d draft(s) left by an earlier daemon", recovered)

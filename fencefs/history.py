@@ -6,11 +6,14 @@ line) exchange for these features, in one place, with a round-trip test:
 - ``user.fencefs.history`` on ``MOUNT/.fencefs/versions/PATH`` (the history
   directory of PATH, which exists for a deleted file too): JSON
   ``{"path", "current": {"version", "epoch", "exists"}, "versions": [...]}``;
-- ``user.fencefs.restore`` set on the mount root: JSON
-  ``{"path", "version", "base", "epoch"}``: commit version ``version``'s
-  bytes as the next version of ``path``, resting on (``base``, ``epoch``),
-  the state the caller read. Errors: ``ENOENT`` (no such version),
-  ``EISDIR``, ``EAGAIN`` (a commit landed since), ``ESTALE`` (reclaimed);
+- ``user.fencefs.restore-from`` set on a file (``fsetxattr`` on the
+  caller's write descriptor) with a version number: the caller's open write
+  handles of the file are restoring that version, so their next commit is
+  journaled with ``restored_from`` (``ENOENT``: no such retained version, or
+  no write handle of the caller's). The restore itself is an ordinary
+  commit through that handle: ``EAGAIN``/``ESTALE`` from ``write``,
+  ``fsync`` or ``close`` as for any writer (a setxattr cannot answer
+  ``EAGAIN``: the kernel turns it into ``EOPNOTSUPP``);
 - ``user.fencefs.gc`` set on the root (``1`` or ``dry-run``) applies the
   bounds now; reading it gives the last run's summary (JSON);
 - ``user.fencefs.stats`` on the root: the metrics snapshot (JSON, see
@@ -27,12 +30,11 @@ This module imports nothing of fencefs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 PREFIX = "user.fencefs."
 HISTORY = PREFIX + "history"
-RESTORE = PREFIX + "restore"
+RESTORE_FROM = PREFIX + "restore-from"
 GC = PREFIX + "gc"
 STATS = PREFIX + "stats"
 META = ".fencefs"
@@ -77,36 +79,16 @@ def decode_path(encoded: str) -> str:
 # -- the wire ------------------------------------------------------------------
 
 
-def encode_restore(path: str, version: int, base: int | None, epoch: int | None) -> bytes:
-    return json.dumps({"path": path, "version": version, "base": base, "epoch": epoch},
-                      separators=(",", ":")).encode()
+def encode_restore_from(version: int) -> bytes:
+    return str(version).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class RestoreRequest:
-    path: str
-    version: int
-    base: int | None  # what the restore rests on; None: the current version
-    epoch: int | None
-
-
-def parse_restore(raw: bytes) -> RestoreRequest:
-    """Raises ValueError (EINVAL at the daemon) on anything malformed."""
-    try:
-        d = json.loads(raw)
-        path, version = d["path"], d["version"]
-        base, epoch = d.get("base"), d.get("epoch")
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"bad restore request: {e}") from None
-    if not isinstance(path, str) or not path or path.startswith("/") or \
-            any(p in ("", ".", "..") for p in path.split("/")):
-        raise ValueError("bad restore request: path must be relative to the mount root")
-    for name, value in (("version", version), ("base", base), ("epoch", epoch)):
-        if value is None and name != "version":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"bad restore request: {name} must be a whole number")
-    return RestoreRequest(path, version, base, epoch)
+def parse_restore_from(raw: bytes) -> int:
+    """A version number; ValueError (EINVAL at the daemon) otherwise."""
+    text = raw.strip()
+    if not text.isdigit() or len(text) > 18:
+        raise ValueError(f"{RESTORE_FROM} takes a version number")
+    return int(text)
 
 
 def encode_history(path: str, current: dict[str, Any] | None,

@@ -42,6 +42,7 @@ CATALOG = {s.name: s for s in (
     Spec("fenced", "counter", "Commits and writes refused with ESTALE (fenced)"),
     Spec("busy", "counter", "Opens refused with EBUSY (exclusive policy)"),
     Spec("killed", "counter", "Writers that died by a signal; their drafts were kept"),
+    Spec("abandoned", "counter", "Drafts left by a daemon that died, put away at mount"),
     Spec("foreign", "counter", "Writes made straight into the backing directory, adopted"),
     Spec("reclaims", "counter", "Reclaims (epoch bumps), by reason"),
     Spec("restores", "counter", "Restores of a retained version that landed"),

@@ -10,16 +10,19 @@ xattr requests to one ``ControlAttributes``.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import time
 
 import pyfuse3
 
-from fencefs.core import Caller, FileState
+from fencefs import history as wire
+from fencefs.core import BadValue, Caller, FileState
 from fencefs.engine.commits import CommitEngine
 from fencefs.engine.coordination import Coordination
 from fencefs.engine.files import FileTable
+from fencefs.engine.history import History
 from fencefs.engine.journaling import Journaling
 from fencefs.engine.shared import SharedFiles
 from fencefs.fuse import control, paths
@@ -32,7 +35,8 @@ from fencefs.store.backing import Backing
 class ControlAttributes:
     def __init__(self, backing: Backing, inodes: InodeTable, ids: IdentityResolver,
                  coord: Coordination, files: FileTable, commits: CommitEngine,
-                 shared: SharedFiles, journaling: Journaling, *, durable: bool) -> None:
+                 shared: SharedFiles, journaling: Journaling, history: History, *,
+                 durable: bool) -> None:
         self.backing = backing
         self.inodes = inodes
         self.ids = ids
@@ -41,6 +45,7 @@ class ControlAttributes:
         self.commits = commits
         self.shared = shared
         self.journaling = journaling
+        self.history = history
         self.durable = durable
 
     def access(self, ctx: pyfuse3.RequestContext) -> Access:
@@ -64,6 +69,12 @@ class ControlAttributes:
             access = self.access(ctx)
             files = [f for f in self.coord.files() if access.may(f.path, READ)]
             return control.status_of(files, time.monotonic(), self.coord.policy_of)
+        if inode == ROOT and text == wire.STATS:
+            return self.history.stats()
+        if inode == ROOT and text == wire.GC:
+            return json.dumps(self.history.last_gc).encode()
+        if text == wire.HISTORY:
+            return self._history(self.inodes.path(inode), ctx)
         if not control.is_control(text):  # e.g. security.capability, asked at every write
             return os.getxattr(self.backing.abs(self.inodes.path(inode)), name,
                                follow_symlinks=False)
@@ -95,9 +106,18 @@ class ControlAttributes:
         if inode == ROOT and text in (control.RECLAIM_EXPIRED, control.RECLAIM_AGENT):
             await self._reclaim_many(text, value, caller, self.access(ctx))
             return
+        if inode == ROOT and text == wire.GC:
+            if value.strip() not in (b"1", b"dry-run"):
+                raise BadValue(f"{wire.GC} takes 1 or dry-run")
+            if not self.access(ctx).everything:
+                raise pyfuse3.FUSEError(errno.EPERM)  # gc touches everyone's files
+            self.history.gc(time.time(), dry_run=value.strip() == b"dry-run")
+            return
         if file is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        if text == control.RECLAIM:
+        if text == wire.RESTORE_FROM:
+            self._restore_from(rel, value, caller)
+        elif text == control.RECLAIM:
             control.parse_one(value)
             await self.commits.reclaim(file, caller, reason="operator")
         elif text == control.RENEW:
@@ -112,6 +132,31 @@ class ControlAttributes:
             self._set_policy(file, control.parse_policy(value), caller)
         else:
             raise pyfuse3.FUSEError(errno.EINVAL)
+
+    def _history(self, rel: str, ctx: pyfuse3.RequestContext) -> bytes:
+        """``user.fencefs.history`` of a history directory (the file's path
+        under ``.fencefs/versions/``): what a reader of the file may see."""
+        if not paths.in_versions(rel) or rel == paths.VERSIONS_DIR:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        path = wire.decode_path(rel[len(paths.VERSIONS_DIR) + 1:])
+        access = self.access(ctx)
+        if self.backing.is_regular(path) and not access.may(path, READ):
+            raise pyfuse3.FUSEError(errno.EACCES)
+        return self.history.history_of(path)
+
+    def _restore_from(self, rel: str, value: bytes, caller: Caller) -> None:
+        """Mark the caller's open write handles of the file: their next
+        commit restores a retained version (journaled ``restored_from``)."""
+        try:
+            version = wire.parse_restore_from(value)
+        except ValueError as e:
+            raise BadValue(str(e)) from None
+        mine = [h for h in self.files.handles.of_path(rel)
+                if h.writable and h.caller.pid == caller.pid]
+        if not mine:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # no write handle of yours to mark
+        for handle in mine:
+            self.history.mark_restore(handle, version)
 
     async def _reclaim_many(self, name: str, value: bytes, caller: Caller,
                             access: Access) -> None:

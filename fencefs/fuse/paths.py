@@ -1,8 +1,9 @@
 """Which paths a request may name: the meta directory and symlink containment.
 
-``.fencefs/`` in the backing directory holds drafts, rejected writes and the
-journal. Through the mount only ``journal.jsonl`` and ``rejected/`` are
-visible, read-only; the rest is hidden. Symlinks must stay inside the mount
+``.fencefs/`` in the backing directory holds drafts, rejected writes, the
+journal and the history. Through the mount only ``journal.jsonl``, the older
+journal segments (``journal/``), ``rejected/`` and ``versions/`` are visible,
+read-only (EROFS on any change); the rest is hidden. Symlinks must stay inside the mount
 (checked at creation and whenever one is read: a link made harmless at
 creation can be turned by a later rename or link).
 """
@@ -19,9 +20,10 @@ from fencefs.fuse.inodes import InodeTable
 from fencefs.store.backing import META_DIR, Backing
 
 # Shown through the mount, read-only; the rest of .fencefs/ is hidden.
-META_VISIBLE = {"journal.jsonl", "rejected"}
+META_VISIBLE = {"journal.jsonl", "rejected", "journal", "versions"}
 REJECTED_DIR = f"{META_DIR}/rejected"
-META_OPEN_DIRS = {META_DIR, REJECTED_DIR}
+VERSIONS_DIR = f"{META_DIR}/versions"  # the history tree (store/versions.py)
+META_OPEN_DIRS = {META_DIR, REJECTED_DIR, VERSIONS_DIR, f"{META_DIR}/journal"}
 # The kernel's own limit of symlinks followed in one lookup (ELOOP).
 _MAX_HOPS = 40
 
@@ -34,6 +36,11 @@ def is_hidden(rel: str) -> bool:
     if not rel.startswith(META_DIR + "/"):
         return False
     return rel[len(META_DIR) + 1:].split("/", 1)[0] not in META_VISIBLE
+
+
+def in_versions(rel: str) -> bool:
+    """In the history tree: ``.fencefs/versions/`` and below."""
+    return rel == VERSIONS_DIR or rel.startswith(VERSIONS_DIR + "/")
 
 
 def refuse_meta(rel: str) -> None:

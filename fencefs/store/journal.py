@@ -158,6 +158,16 @@ class Journal:
         self.reserve()
         return True
 
+    def would_trim(self) -> tuple[int, int]:
+        """What ``trim`` would delete now: (segments, bytes)."""
+        count = size = 0
+        total = self.size
+        for _, _, seg_size in self._segments:
+            if not self.max_bytes or total <= self.max_bytes:
+                break
+            count, size, total = count + 1, size + seg_size, total - seg_size
+        return count, size
+
     def trim(self) -> tuple[int, int]:
         """Delete the oldest segments while all of them exceed ``max_bytes``;
         the current segment is never deleted. Returns (segments, bytes)."""

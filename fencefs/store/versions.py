@@ -260,6 +260,14 @@ class VersionStore:
         found.sort(key=lambda v: v.version)
         return found
 
+    def numbers(self, rel: str) -> list[int]:
+        """The version numbers retained for ``rel`` (names only: no reads)."""
+        try:
+            names = os.listdir(self.dir_of(rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
     def get(self, rel: str, version: int) -> Version | None:
         return self._read(rel, self.location(rel, version), version)
 
