@@ -77,6 +77,7 @@ class VersionStore:
         self._aging_known: set[str] = set()
         self.kept = 0  # versions retained by this daemon
         self.copied = 0  # of which by copy (linking failed)
+        self.skipped = 0  # versions not kept for want of room
         self.count = 0  # retained versions known (estimate, see scan)
         self.bytes = 0
 
@@ -114,6 +115,12 @@ class VersionStore:
             if done != "replaced":
                 return done == "same"
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                # A full disk: the commit goes on without its history (the
+                # full disk itself is reported by the commits it refuses).
+                self.skipped += 1
+                log.info("history: no room to keep %s v%d", rel, version)
+                return False
             if e.errno not in (errno.EMLINK, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
                                errno.EXDEV, errno.ENOSYS):
                 log.warning("history: could not keep %s v%d: %s", rel, version, e)
