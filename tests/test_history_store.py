@@ -114,15 +114,25 @@ def test_keep_never_raises(store: tuple[Backing, VersionStore]) -> None:
 
 
 def test_trim_by_count_and_age(store: tuple[Backing, VersionStore]) -> None:
-    backing, versions = store
-    for v in range(1, 7):
+    backing, versions = store  # keep_versions=3, keep_for=1h
+    for v in range(1, 6):
         commit(backing, "f", b"x" * v, v)
         versions.keep("f", backing.abs("f"), v, time.time())
+    # the 3rd keep trimmed at once (nothing over the bound yet); 2 since
     assert versions.due() == 1
+    assert [v.version for v in versions.entries("f")] == [1, 2, 3, 4, 5]
     dropped = versions.sweep(time.time())
-    assert [v.version for v in versions.entries("f")] == [4, 5, 6]
-    assert (dropped.count, dropped.bytes) == (3, 1 + 2 + 3)
+    assert [v.version for v in versions.entries("f")] == [3, 4, 5]
+    assert (dropped.count, dropped.bytes) == (2, 1 + 2)
     assert versions.due() == 0
+    # a busy file is trimmed by the commit that reaches its bound, and the
+    # next sweep journals what that trim dropped
+    for v in range(6, 9):
+        commit(backing, "f", b"x" * v, v)
+        versions.keep("f", backing.abs("f"), v, time.time())
+    assert [v.version for v in versions.entries("f")] == [6, 7, 8]
+    dropped = versions.sweep(time.time())
+    assert (dropped.count, dropped.bytes) == (3, 3 + 4 + 5)
     # age: an hour later everything has aged out, and the directory goes too
     dropped = versions.sweep(time.time() + 7200)
     assert dropped.count == 3 and not os.path.exists(versions.dir_of("f"))

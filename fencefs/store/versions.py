@@ -80,6 +80,8 @@ class VersionStore:
         self.skipped = 0  # versions not kept for want of room
         self.count = 0  # retained versions known (estimate, see scan)
         self.bytes = 0
+        # Drops made by trims inside keep, journaled by the next sweep.
+        self.inline_dropped = Dropped("versions")
 
     # -- paths -----------------------------------------------------------------
 
@@ -134,10 +136,19 @@ class VersionStore:
             self.bytes += os.lstat(dest).st_size
         except OSError:
             pass
-        self._pending[rel] = self._pending.get(rel, 0) + 1
+        pending = self._pending[rel] = self._pending.get(rel, 0) + 1
         if rel not in self._aging_known:
             self._aging_known.add(rel)
             heapq.heappush(self._aging, (now, rel))
+        if pending >= max(self.policy.keep_versions, 1):
+            # As many new versions as the bound since the last trim: trim now
+            # (names and one lstat each), so that a busy file's history stays
+            # within twice its bound between sweeps.
+            del self._pending[rel]
+            try:
+                self.trim(rel, now, self.inline_dropped, validate=False)
+            except OSError as e:
+                log.warning("history: could not trim %s: %s", rel, e)
         return True
 
     def _replace(self, abs_path: str, dest: str) -> str:
@@ -237,16 +248,16 @@ class VersionStore:
             target = moved(p)
             assert target is not None
             self._pending[target] = self._pending.get(target, 0) + self._pending.pop(p)
-        changed = False
-        for i, (when, p) in enumerate(self._aging):
-            target = moved(p)
-            if target is not None:
-                self._aging[i] = (when, target)
-                self._aging_known.discard(p)
-                self._aging_known.add(target)
-                changed = True
-        if changed:
-            heapq.heapify(self._aging)
+        # The age heap is not rewritten (that would cost every path): the old
+        # paths' entries find nothing when they come up; the new paths are
+        # noted as due now, and their first trim finds their real oldest.
+        if not is_dir:
+            self.note(new, 0.0)
+            return
+        for top, dirs, files in os.walk(self.dir_of(new)):
+            dirs[:] = [d for d in dirs if not d.startswith(_TMP)]
+            if any(f.isdigit() for f in files):
+                self.note(decode_path(os.path.relpath(top, self.dir)), 0.0)
 
     # -- reading -----------------------------------------------------------------
 
@@ -309,10 +320,12 @@ class VersionStore:
 
     # -- retention -----------------------------------------------------------------
 
-    def trim(self, rel: str, now: float, dropped: Dropped, *, dry_run: bool = False
-             ) -> float | None:
+    def trim(self, rel: str, now: float, dropped: Dropped, *, dry_run: bool = False,
+             validate: bool = True) -> float | None:
         """Apply the count and age bounds to one path's history. Returns the
-        time its oldest remaining version was kept (None if none is left)."""
+        time its oldest remaining version was kept (None if none is left).
+        ``validate`` also reads each entry's state and drops mislabeled ones;
+        without it (the trim inside a commit) an entry costs one lstat."""
         d = self.dir_of(rel)
         try:
             names = os.listdir(d)
@@ -326,6 +339,13 @@ class VersionStore:
                     _unlink(loc)
                 continue
             if not name.isdigit():
+                continue
+            if not validate:
+                try:
+                    st = os.lstat(loc)
+                except OSError:
+                    continue
+                entries.append((int(name), st.st_ctime, st.st_size, loc))
                 continue
             v = self._read(rel, loc, int(name))
             if v is None:  # mislabeled or unreadable: not history
@@ -369,7 +389,7 @@ class VersionStore:
         """Trim the paths that got versions since their last trim, and those
         whose oldest version has aged past the bound; at most ``budget``
         paths per call (the rest wait for the next one)."""
-        dropped = Dropped("versions")
+        dropped, self.inline_dropped = self.inline_dropped, Dropped("versions")
         done = 0
         for rel in list(self._pending)[:budget]:
             del self._pending[rel]
