@@ -89,6 +89,7 @@ def serve(
             exporter.shutdown()
             exporter.server_close()
         pyfuse3.close(unmount=True)
+        ops.history.flush_drops(force=True)  # retention drops not journaled yet
         ops.journal.close()
         try:
             os.unlink(pid_file(ops.backing.root))

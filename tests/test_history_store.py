@@ -118,24 +118,26 @@ def test_trim_by_count_and_age(store: tuple[Backing, VersionStore]) -> None:
     for v in range(1, 6):
         commit(backing, "f", b"x" * v, v)
         versions.keep("f", backing.abs("f"), v, time.time())
-    # the 3rd keep trimmed at once (nothing over the bound yet); 2 since
     assert versions.due() == 1
     assert [v.version for v in versions.entries("f")] == [1, 2, 3, 4, 5]
     dropped = versions.sweep(time.time())
     assert [v.version for v in versions.entries("f")] == [3, 4, 5]
     assert (dropped.count, dropped.bytes) == (2, 1 + 2)
-    assert versions.due() == 0
-    # a busy file is trimmed by the commit that reaches its bound, and the
-    # next sweep journals what that trim dropped
+    assert versions.due() == 0 and versions.count == 3 and versions.bytes == 3 + 4 + 5
+    # a file whose new versions reach its bound asks for a sweep at once
+    asked: list[int] = []
+    versions.on_due = lambda: asked.append(1)
     for v in range(6, 9):
         commit(backing, "f", b"x" * v, v)
         versions.keep("f", backing.abs("f"), v, time.time())
-    assert [v.version for v in versions.entries("f")] == [6, 7, 8]
+    assert asked == [1]
     dropped = versions.sweep(time.time())
+    assert [v.version for v in versions.entries("f")] == [6, 7, 8]
     assert (dropped.count, dropped.bytes) == (3, 3 + 4 + 5)
     # age: an hour later everything has aged out, and the directory goes too
     dropped = versions.sweep(time.time() + 7200)
     assert dropped.count == 3 and not os.path.exists(versions.dir_of("f"))
+    assert versions.count == 0 and versions.bytes == 0
 
 
 def test_sweep_trims_only_noted_paths(store: tuple[Backing, VersionStore],

@@ -43,6 +43,8 @@ from fencefs.store.versions import Version, VersionStore
 
 log = logging.getLogger("fencefs.engine")
 
+JOURNAL_EVERY = 10.0  # seconds: retention drops are journaled at most this often
+
 
 class History:
     def __init__(self, versions: VersionStore, drafts: Drafts, coord: Coordination,
@@ -58,7 +60,13 @@ class History:
         self.durable = durable
         self.backing = files.backing
         self.last_gc: dict[str, Any] = {"dropped": []}
+        self._unjournaled: dict[str, Dropped] = {}  # drops not journaled yet, by kind
+        self._journaled_at = 0.0
         self.scanned = False
+        # Set when a file's new versions reach its bound: the upkeep sweeps
+        # at once instead of at its next tick (see fuse/operations.maintain).
+        self.wanted = trio.Event()
+        versions.on_due = self.wanted.set
         self._register_gauges()
 
     # -- keeping (inside a commit's atomic step) ----------------------------------
@@ -75,7 +83,9 @@ class History:
                     return  # the empty file a create() made: nothing to look back at
             except OSError:
                 return
-        self.versions.keep(file.path, path, version, time.time())
+        fp = self.files.fingerprints.get(file.path)
+        self.versions.keep(file.path, path, version, time.time(),
+                           fp.size if fp is not None else None)
 
     def moved(self, old: str, new: str, *, is_dir: bool) -> None:
         if self.policy.history:
@@ -135,20 +145,33 @@ class History:
             self.versions.note(rel, when)
         self.scanned = True
 
-    def sweep(self, now: float) -> None:
-        """The bounds, from the upkeep task: only paths noted since the last
-        sweep and those whose oldest version aged out, then rejected writes
-        (an in-memory index: no listing). The journal bounds itself."""
-        self._journal_drop(self.versions.sweep(now))
+    async def sweep(self, now: float) -> None:
+        """The bounds, from the upkeep task: only the paths that got versions
+        since the last sweep and those whose oldest version aged out (their
+        trims on a worker thread: freeing inodes is slow), then rejected
+        writes (an in-memory index: no listing). The journal bounds itself."""
+        self.wanted = trio.Event()
+        self.versions.on_due = self.wanted.set
+        paths = self.versions.due_paths(now)
+        if paths:
+            dropped, oldest = await trio.to_thread.run_sync(
+                self.versions.trim_paths, paths, now)
+            self.versions.settle(dropped, oldest)
+            self._journal_drop(dropped)
         self._journal_drop(self.drafts.rejected.sweep(self.policy, now))
+        self.flush_drops()
 
-    def gc(self, now: float, *, dry_run: bool) -> dict[str, Any]:
-        versions = self.versions.gc(now, dry_run=dry_run)
+    async def gc(self, now: float, *, dry_run: bool) -> dict[str, Any]:
+        """Every bound applied now, over the whole history (a walk, on a
+        worker thread): ``fencefs gc``."""
+        versions = await trio.to_thread.run_sync(
+            lambda: self.versions.gc(now, dry_run=dry_run))
         rejected = self.drafts.rejected.sweep(self.policy, now, dry_run=dry_run)
         journal = Dropped("journal")
         if not dry_run:
             count, size = self.journaling.journal.trim()
             journal.count, journal.bytes = count, size
+            self.versions.settle(versions, [])
             self._journal_drop(versions, "gc")
             self._journal_drop(rejected, "gc")
         else:
@@ -158,10 +181,28 @@ class History:
         return self.last_gc
 
     def _journal_drop(self, dropped: Dropped, by: str = "sweep") -> None:
-        if dropped.count:
-            self.journaling.record("retention", "-", by=by, **dropped.fields())
-            self.metrics.inc("retention_dropped", dropped.count, kind=dropped.kind)
-            self.metrics.inc("retention_dropped_bytes", dropped.bytes, kind=dropped.kind)
+        """Count a sweep's drops now; journal them in aggregate: one line per
+        kind at most every JOURNAL_EVERY seconds (sweeps can run often when
+        files fill their history fast), and at once for gc."""
+        if not dropped.count:
+            return
+        self.metrics.inc("retention_dropped", dropped.count, kind=dropped.kind)
+        self.metrics.inc("retention_dropped_bytes", dropped.bytes, kind=dropped.kind)
+        pending = self._unjournaled.setdefault(dropped.kind, Dropped(dropped.kind))
+        pending.count += dropped.count
+        pending.bytes += dropped.bytes
+        pending.files |= set(list(dropped.files)[:1000 - len(pending.files)])
+        self.flush_drops(force=by == "gc", by=by)
+
+    def flush_drops(self, *, force: bool = False, by: str = "sweep") -> None:
+        now = time.monotonic()
+        if not force and now < self._journaled_at + JOURNAL_EVERY:
+            return
+        self._journaled_at = now
+        for pending in self._unjournaled.values():
+            if pending.count:
+                self.journaling.record("retention", "-", by=by, **pending.fields())
+        self._unjournaled = {}
 
     # -- metrics -----------------------------------------------------------------------
 

@@ -111,7 +111,7 @@ class ControlAttributes:
                 raise BadValue(f"{wire.GC} takes 1 or dry-run")
             if not self.access(ctx).everything:
                 raise pyfuse3.FUSEError(errno.EPERM)  # gc touches everyone's files
-            self.history.gc(time.time(), dry_run=value.strip() == b"dry-run")
+            await self.history.gc(time.time(), dry_run=value.strip() == b"dry-run")
             return
         if file is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -143,6 +143,15 @@ class ControlAttributes:
         if self.backing.is_regular(path) and not access.may(path, READ):
             raise pyfuse3.FUSEError(errno.EACCES)
         return self.history.history_of(path)
+
+    def may_see_history(self, access: Access, rel: str) -> bool:
+        """Whether a directory of the history tree (a file's history, or a
+        directory of files) may be listed: if its path exists, as the caller
+        may read it; else (deleted) as the caller may read its parent."""
+        path = wire.decode_path(rel[len(paths.VERSIONS_DIR) + 1:])
+        while path and not os.path.lexists(self.backing.abs(path)):
+            path = os.path.dirname(path)
+        return access.may(path, READ)
 
     def _restore_from(self, rel: str, value: bytes, caller: Caller) -> None:
         """Mark the caller's open write handles of the file: their next

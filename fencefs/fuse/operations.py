@@ -132,10 +132,15 @@ class FenceOperations(pyfuse3.Operations):
         """Background upkeep: drop claims of identities that have exited;
         apply the retention bounds (flat: only paths committed since)."""
         await self.history.scan()
+        tick = time.monotonic() + interval
         while True:
-            await trio.sleep(interval)
+            with trio.move_on_at(tick):  # or earlier, when a file's history is full
+                await self.history.wanted.wait()
+            await self.history.sweep(time.time())
+            if time.monotonic() < tick:
+                continue
+            tick = time.monotonic() + interval
             self.prune_identities()
-            self.history.sweep(time.time())
             if self.sweep_after is not None:
                 await self.commits.sweep(time.monotonic(), self.sweep_after)
 
@@ -527,14 +532,20 @@ class FenceOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         rel = self.inodes.path(inode)
         names = []
-        # Rejected writes are listed only to those who may read them.
-        access = self.attributes.access(ctx) if rel == paths.REJECTED_DIR else None
+        # Rejected writes and retained versions are listed only to those who
+        # may read them; the history tree's directories name files, shown
+        # only to those who may read the directory they are in.
+        history = paths.in_versions(rel)
+        access = self.attributes.access(ctx) if rel == paths.REJECTED_DIR or history else None
         with os.scandir(self.backing.abs(rel)) as it:
             for entry in it:
                 child = f"{rel}/{entry.name}" if rel else entry.name
                 if paths.is_hidden(child):
                     continue
-                if access is not None:
+                if history and access is not None and entry.is_dir(follow_symlinks=False):
+                    if not self.attributes.may_see_history(access, child):
+                        continue
+                elif access is not None:
                     try:
                         if not access.may_entry(entry.stat(follow_symlinks=False), READ):
                             continue

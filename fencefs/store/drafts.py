@@ -159,8 +159,9 @@ class Drafts:
 
 
 def rejected_name(target: str, identity: str, reason: str) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    micros = f"{time.time_ns() // 1000 % 1_000_000:06d}"
+    now = time.time_ns()  # one reading: names sort in the order they were made
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 1_000_000_000))
+    micros = f"{now // 1000 % 1_000_000:06d}"
     who = _safe(identity)[:64]
     where = _safe(target.replace("/", "%2F"))
     name = f"{stamp}.{micros}Z.{reason}.{who}.{where}"

@@ -33,7 +33,7 @@ import heapq
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fencefs.history import decode_path, encode_path
@@ -80,8 +80,8 @@ class VersionStore:
         self.skipped = 0  # versions not kept for want of room
         self.count = 0  # retained versions known (estimate, see scan)
         self.bytes = 0
-        # Drops made by trims inside keep, journaled by the next sweep.
-        self.inline_dropped = Dropped("versions")
+        # Called (on the caller's thread) when a path reaches its bound.
+        self.on_due: Callable[[], None] = lambda: None
 
     # -- paths -----------------------------------------------------------------
 
@@ -93,7 +93,8 @@ class VersionStore:
 
     # -- keeping (inside a commit's atomic step: cheap, never raises) ----------
 
-    def keep(self, rel: str, abs_path: str, version: int, now: float) -> bool:
+    def keep(self, rel: str, abs_path: str, version: int, now: float,
+             size: int | None = None) -> bool:
         """Retain the content at ``abs_path`` (the file's current content,
         about to be replaced or unlinked) as ``version`` of ``rel``.
         Returns whether it was retained. Never raises: history must never
@@ -102,13 +103,14 @@ class VersionStore:
             return False
         dest = self.location(rel, version)
         try:
-            try:
-                os.link(abs_path, dest, follow_symlinks=False)
-            except FileNotFoundError:
-                if not os.path.lexists(abs_path):
-                    return False
-                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-                os.link(abs_path, dest, follow_symlinks=False)
+            for attempt in range(3):  # a trim may remove an emptied directory meanwhile
+                try:
+                    os.link(abs_path, dest, follow_symlinks=False)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2 or not os.path.lexists(abs_path):
+                        return False
+                    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
         except FileExistsError:
             # Left by a crash between keep and the rename (the same inode:
             # already kept, not counted again), or a path whose numbering
@@ -132,23 +134,22 @@ class VersionStore:
             self.copied += 1
         self.kept += 1
         self.count += 1
-        try:
-            self.bytes += os.lstat(dest).st_size
-        except OSError:
-            pass
+        if size is None:
+            try:
+                size = os.lstat(dest).st_size
+            except OSError:
+                size = 0
+        self.bytes += size
         pending = self._pending[rel] = self._pending.get(rel, 0) + 1
         if rel not in self._aging_known:
             self._aging_known.add(rel)
             heapq.heappush(self._aging, (now, rel))
-        if pending >= max(self.policy.keep_versions, 1):
-            # As many new versions as the bound since the last trim: trim now
-            # (names and one lstat each), so that a busy file's history stays
-            # within twice its bound between sweeps.
-            del self._pending[rel]
-            try:
-                self.trim(rel, now, self.inline_dropped, validate=False)
-            except OSError as e:
-                log.warning("history: could not trim %s: %s", rel, e)
+        if pending == max(self.policy.keep_versions, 1):
+            # As many new versions as the bound since the last trim: ask for
+            # a sweep now rather than at the next upkeep tick. Never a trim
+            # here: dropping a version frees its inode, which costs far more
+            # than the link (ext4: hundreds of microseconds).
+            self.on_due()
         return True
 
     def _replace(self, abs_path: str, dest: str) -> str:
@@ -321,7 +322,7 @@ class VersionStore:
     # -- retention -----------------------------------------------------------------
 
     def trim(self, rel: str, now: float, dropped: Dropped, *, dry_run: bool = False,
-             validate: bool = True) -> float | None:
+             validate: bool = True, prune: bool = False) -> float | None:
         """Apply the count and age bounds to one path's history. Returns the
         time its oldest remaining version was kept (None if none is left).
         ``validate`` also reads each entry's state and drops mislabeled ones;
@@ -369,11 +370,9 @@ class VersionStore:
                 dropped.add(size, rel)
                 if not dry_run:
                     _unlink(loc)
-                    self.count = max(0, self.count - 1)
-                    self.bytes = max(0, self.bytes - size)
             else:
                 left.append(kept)
-        if not left and not dry_run:
+        if not left and not dry_run and prune:
             self._prune_dirs(d)
         return min(left) if left else None
 
@@ -385,26 +384,47 @@ class VersionStore:
                 return
             d = os.path.dirname(d)
 
-    def sweep(self, now: float, *, budget: int = 1000) -> Dropped:
-        """Trim the paths that got versions since their last trim, and those
-        whose oldest version has aged past the bound; at most ``budget``
-        paths per call (the rest wait for the next one)."""
-        dropped, self.inline_dropped = self.inline_dropped, Dropped("versions")
-        done = 0
+    def due_paths(self, now: float, budget: int = 1000) -> list[tuple[str, bool]]:
+        """The paths to trim now, taken off the books: those that got
+        versions since their last trim, and those whose oldest version has
+        aged past the bound (``True``: re-noted with their new oldest by
+        ``settle``). At most ``budget``; the rest wait for the next sweep.
+        Runs on the event loop's thread."""
+        paths: list[tuple[str, bool]] = []
         for rel in list(self._pending)[:budget]:
             del self._pending[rel]
-            self.trim(rel, now, dropped)
-            done += 1
+            paths.append((rel, False))
         if self.policy.keep_for > 0:
             limit = now - self.policy.keep_for
-            while self._aging and self._aging[0][0] < limit and done < budget:
+            while self._aging and self._aging[0][0] < limit and len(paths) < budget:
                 _, rel = heapq.heappop(self._aging)
                 self._aging_known.discard(rel)
-                oldest = self.trim(rel, now, dropped)
-                if oldest is not None:
-                    self._aging_known.add(rel)
-                    heapq.heappush(self._aging, (oldest, rel))
-                done += 1
+                paths.append((rel, True))
+        return paths
+
+    def trim_paths(self, paths: list[tuple[str, bool]], now: float
+                   ) -> tuple[Dropped, list[tuple[str, float | None]]]:
+        """Trim each path (on a worker thread: unlinking frees inodes, which
+        is slow); no bookkeeping of this object is touched here."""
+        dropped = Dropped("versions")
+        oldest = [(rel, self.trim(rel, now, dropped, prune=True)) for rel, aged in paths if aged]
+        for rel, aged in paths:
+            if not aged:
+                self.trim(rel, now, dropped, prune=True)
+        return dropped, oldest
+
+    def settle(self, dropped: Dropped, oldest: list[tuple[str, float | None]]) -> None:
+        """Back on the event loop's thread: the books after ``trim_paths``."""
+        self.count = max(0, self.count - dropped.count)
+        self.bytes = max(0, self.bytes - dropped.bytes)
+        for rel, when in oldest:
+            if when is not None:
+                self.note(rel, when)
+
+    def sweep(self, now: float, *, budget: int = 1000) -> Dropped:
+        """``due_paths``, ``trim_paths`` and ``settle`` in one go."""
+        dropped, oldest = self.trim_paths(self.due_paths(now, budget), now)
+        self.settle(dropped, oldest)
         return dropped
 
     def due(self) -> int:
@@ -443,9 +463,7 @@ class VersionStore:
         """Apply the bounds to every path now (``fencefs gc``): a walk."""
         dropped = Dropped("versions")
         for rel in list(self.paths()):
-            self.trim(rel, now, dropped, dry_run=dry_run)
-            if not dry_run:
-                self._pending.pop(rel, None)
+            self.trim(rel, now, dropped, dry_run=dry_run, prune=True)
         return dropped
 
 
