@@ -144,6 +144,25 @@ class ControlAttributes:
             raise pyfuse3.FUSEError(errno.EACCES)
         return self.history.history_of(path)
 
+    def history_dir_owner(self, rel: str) -> tuple[int, int, int]:
+        """Owner, group and mode shown for a directory of the history tree:
+        those of the path it mirrors (a file's read bits become search bits
+        too), or for a deleted path those of its nearest existing directory,
+        so that the history is guarded as the files were."""
+        path = wire.decode_path(rel[len(paths.VERSIONS_DIR) + 1:])
+        while True:
+            try:
+                st = self.backing.lstat(path)
+                break
+            except OSError:
+                if not path:
+                    return 0, 0, stat.S_IFDIR | 0o700
+                path = os.path.dirname(path)
+        perms = stat.S_IMODE(st.st_mode) & 0o777
+        if not stat.S_ISDIR(st.st_mode):
+            perms |= (perms & 0o444) >> 2  # r -> r-x
+        return st.st_uid, st.st_gid, stat.S_IFDIR | (perms & 0o755)
+
     def may_see_history(self, access: Access, rel: str) -> bool:
         """Whether a directory of the history tree (a file's history, or a
         directory of files) may be listed: if its path exists, as the caller

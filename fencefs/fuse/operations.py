@@ -164,11 +164,13 @@ class FenceOperations(pyfuse3.Operations):
         for name in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
                      "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
             setattr(a, name, getattr(st, name))
-        if rel is not None and (rel in paths.META_OPEN_DIRS or (
-                stat.S_ISDIR(st.st_mode) and paths.in_versions(rel))):
+        if rel is not None and rel in paths.META_OPEN_DIRS:
             # Everyone may look in (read-only): what is inside keeps the modes
             # of the files it came from, and listings are filtered (opendir).
             a.st_mode = stat.S_IFDIR | 0o755
+        elif rel is not None and stat.S_ISDIR(st.st_mode) and paths.in_versions(rel):
+            # A directory of the history tree guards like the path it mirrors.
+            a.st_uid, a.st_gid, a.st_mode = self.attributes.history_dir_owner(rel)
         a.st_ino = ino
         a.generation = 0
         a.entry_timeout = _ENTRY_TIMEOUT
