@@ -6,75 +6,28 @@ import argparse
 import datetime
 import errno
 import json
+import logging
 import os
 import select
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import NoReturn
 
-from fencefs import cli_history
-from fencefs.text import shown as _shown
-
-STATUS_XATTR = "user.fencefs.status"
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
-
+from fencefs import cli_history, snapcli, wire
+from fencefs.mounting import (
+    UsageError,
+    apply_options,
+    check_fuse,
+    duration,
+    mounted_at,
+    validate_mount,
+)
 
 # -- mount -------------------------------------------------------------------
 
-
-def _mounted_at(mountpoint: str) -> tuple[str, str] | None:
-    """(fstype, source) of the mount at ``mountpoint``, if any."""
-    target = os.path.realpath(mountpoint)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    found = None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) >= 5 and _unescape(fields[4]) == target:
-            rfields = right.split()
-            found = (rfields[0], _unescape(rfields[1]) if len(rfields) > 1 else "")
-    return found
-
-
-def _unescape(text: str) -> str:
-    return (text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-            .replace("\\134", "\\"))
-
-
-def validate_mount(backing: str, mountpoint: str) -> tuple[str, str]:
-    if not os.path.exists(backing):
-        raise UsageError(f"backing directory {backing} does not exist")
-    if not os.path.isdir(backing):
-        raise UsageError(f"backing directory {backing} is not a directory")
-    if not os.path.exists(mountpoint):
-        raise UsageError(f"mount point {mountpoint} does not exist")
-    if not os.path.isdir(mountpoint):
-        raise UsageError(f"mount point {mountpoint} is not a directory")
-    backing, mountpoint = os.path.realpath(backing), os.path.realpath(mountpoint)
-    if os.path.ismount(mountpoint) or _mounted_at(mountpoint) is not None:
-        raise UsageError(f"mount point {mountpoint} is busy: something is mounted there")
-    if mountpoint == backing or mountpoint.startswith(backing + "/") \
-            or backing.startswith(mountpoint + "/"):
-        raise UsageError("the mount point and the backing directory must not contain each other")
-    from fencefs.store.backing import check_xattr_support
-
-    meta = os.path.join(backing, ".fencefs")
-    try:
-        os.makedirs(meta, mode=0o700, exist_ok=True)
-        check_xattr_support(meta)
-    except OSError as e:
-        raise UsageError(str(e) if "xattr" in str(e) else
-                         f"backing directory {backing} is not usable: {e.strerror}") from None
-    return backing, mountpoint
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def shared_globs(args: argparse.Namespace) -> list[str]:
@@ -87,6 +40,41 @@ def shared_globs(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    """Mount; any failure is one line on stderr and, where the log can be
+    written, the same line in the daemon's log."""
+    try:
+        return _mount(args)
+    except UsageError as e:
+        if not e.logged:
+            logfile = args.log_file or (None if args.foreground else os.path.join(
+                os.path.realpath(args.backing), ".fencefs", "daemon.log"))
+            if logfile:
+                _log_failure(logfile, str(e))
+                e.logged = True
+        if args.ready_fd is not None:  # a daemon started by a background mount: tell it
+            try:                       # (after the log has the line)
+                os.write(args.ready_fd, b"error " + str(e).encode(errors="replace") + b"\n")
+            except OSError:
+                pass
+        raise
+
+
+def _log_failure(logfile: str, message: str) -> None:
+    """One ERROR line in ``logfile``, formatted as the daemon logs, if its
+    directory exists (a failed mount creates nothing)."""
+    if not os.path.isdir(os.path.dirname(logfile) or "."):
+        return
+    record = logging.makeLogRecord({"name": "fencefs", "levelno": logging.ERROR,
+                                    "levelname": "ERROR", "msg": message})
+    try:
+        with open(logfile, "a") as f:
+            f.write(logging.Formatter(LOG_FORMAT).format(record) + "\n")
+    except OSError:
+        pass
+
+
+def _mount(args: argparse.Namespace) -> int:
+    kernel = apply_options(args)
     for pattern in args.shared_glob:
         if not pattern.strip("/"):
             raise UsageError(f"--shared-glob: not a pattern: {pattern!r}")
@@ -94,18 +82,23 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(missing)
     backing, mountpoint = validate_mount(args.backing, args.mountpoint)
+    check_fuse(args.allow_other)
     if args.foreground:
-        from fencefs.daemon import serve, setup_logging
+        from fencefs.daemon import MountFailed, serve
 
         setup_logging(args.debug, args.log_file)
-        return serve(backing, mountpoint, allow_other=args.allow_other, debug=args.debug,
-                     durable=args.durability == "full", scope=args.identity,
-                     ready_fd=args.ready_fd, max_observations=args.max_observations,
-                     warm_files=args.warm_files,
-                     upkeep_interval=args.upkeep_interval, policy=args.policy,
-                     lease_ttl=args.lease_ttl, wait=args.wait, sweep_after=args.sweep_after,
-                     shared_globs=shared_globs(args),
-                     retention=cli_history.retention_of(args), metrics=args.metrics)
+        try:
+            return serve(backing, mountpoint, allow_other=args.allow_other, debug=args.debug,
+                         durable=args.durability == "full", scope=args.identity,
+                         ready_fd=args.ready_fd, max_observations=args.max_observations,
+                         warm_files=args.warm_files,
+                         upkeep_interval=args.upkeep_interval, policy=args.policy,
+                         lease_ttl=args.lease_ttl, wait=args.wait,
+                         sweep_after=args.sweep_after, shared_globs=shared_globs(args),
+                         kernel_options=kernel,
+                         retention=cli_history.retention_of(args), metrics=args.metrics)
+        except MountFailed as e:
+            raise UsageError(str(e)) from None
     read_fd, write_fd = os.pipe()
     logfile = os.path.join(backing, ".fencefs", "daemon.log")
     command = [sys.executable, "-m", "fencefs.cli", "mount", "--foreground",
@@ -126,27 +119,68 @@ def cmd_mount(args: argparse.Namespace) -> int:
         command.append("--debug")
     if args.allow_other:
         command.append("--allow-other")
-    command += [backing, mountpoint]
-    child = subprocess.Popen(command, pass_fds=(write_fd,), start_new_session=True,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    os.close(write_fd)
-    deadline = time.monotonic() + 30
-    ready = False
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([read_fd], [], [], 0.2)
-        if r:
-            ready = os.read(read_fd, 64).startswith(b"ready")
-            break
-        if child.poll() is not None:
-            break
-    os.close(read_fd)
-    if not ready:
+    if kernel:
+        command += ["-o", ",".join(kernel)]
+    command += ["--", backing, mountpoint]
+    try:
+        with open(logfile, "ab") as log:  # whatever escapes the logging lands there too
+            child = subprocess.Popen(command, pass_fds=(write_fd,), start_new_session=True,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=log)
+    except OSError as e:
+        os.close(read_fd)
+        raise UsageError(f"cannot start the fencefs daemon ({e.filename or sys.executable}): "
+                         f"{e.strerror}") from None
+    finally:
+        os.close(write_fd)
+    answer = _wait_ready(read_fd, child, 30)
+    if answer != b"ready":
         if child.poll() is None:
             child.terminate()
+        if answer.startswith(b"error "):
+            failure = UsageError(answer[6:].decode(errors="replace"))
+            failure.logged = True  # the daemon wrote it to its log
+            raise failure
         raise UsageError(f"the fencefs daemon did not start; see {logfile}")
     print(f"fencefs: {backing} mounted on {mountpoint} (daemon pid {child.pid})")
     return 0
+
+
+def _wait_ready(read_fd: int, child: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """The daemon's first line on the readiness pipe: ``ready`` or ``error
+    LINE``; empty if it died or timed out without one."""
+    deadline = time.monotonic() + timeout
+    got = b""
+    try:
+        while time.monotonic() < deadline and not got.endswith(b"\n"):
+            r, _, _ = select.select([read_fd], [], [], 0.2)
+            if r:
+                chunk = os.read(read_fd, 4096)
+                if not chunk:
+                    break
+                got += chunk
+            elif child.poll() is not None:
+                break
+    finally:
+        os.close(read_fd)
+    return got.split(b"\n", 1)[0] if got.endswith(b"\n") else b""
+
+
+def setup_logging(debug: bool, logfile: str | None = None) -> None:
+    handler: logging.Handler
+    if logfile:
+        try:
+            handler = logging.FileHandler(logfile)
+        except OSError as e:
+            raise UsageError(f"cannot write the log file {logfile}: {e.strerror}") from None
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        logging.getLogger("pyfuse3").setLevel(logging.WARNING)
 
 
 # -- unmount -----------------------------------------------------------------
@@ -154,7 +188,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def cmd_unmount(args: argparse.Namespace) -> int:
     mountpoint = os.path.realpath(args.mountpoint)
-    found = _mounted_at(mountpoint)
+    found = mounted_at(mountpoint)
     if found is None or found[0] != "fuse.fencefs":
         raise UsageError(f"{args.mountpoint} is not a fencefs mount")
     backing = found[1]
@@ -190,21 +224,25 @@ def _alive(pid: int) -> bool:
 # -- reclaim, status, log ----------------------------------------------------
 
 
-def _duration(text: str) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for unit in ("ms", "s", "m", "h"):
-        if text.endswith(unit):
-            number, scale = text[: -len(unit)], units[unit]
-            break
-    else:
-        number, scale = text, 1.0
-    try:
-        value = float(number) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
-    return value
+def _shown(value: object) -> str:
+    """Text for a terminal. File names and identities come from anyone who can
+    write to the mount: control characters (newlines, escape sequences) and
+    bytes that are not UTF-8 are shown escaped, so that they can neither
+    forge lines nor drive the terminal."""
+    out = []
+    for ch in str(value):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out)
 
 
 def cmd_reclaim(args: argparse.Namespace) -> int:
@@ -214,25 +252,25 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
         if len(args.files) != 1:
             raise UsageError("reclaim --expired/--agent takes one mount point")
         mountpoint = args.files[0]
-        before = {r["file"]: r["epoch"] for r in _status_rows(mountpoint)}
-        name, value = (("user.fencefs.reclaim-expired", b"1") if args.expired
-                       else ("user.fencefs.reclaim-agent", args.agent.encode()))
+        before = {r.file: r.epoch for r in _status_rows(mountpoint)}
+        name, value = ((wire.RECLAIM_EXPIRED, b"1") if args.expired
+                       else (wire.RECLAIM_AGENT, args.agent.encode()))
         try:
             os.setxattr(mountpoint, name, value)
         except OSError as e:
             raise UsageError(f"{mountpoint}: {e.strerror}") from None
         after = _status_rows(mountpoint)
-        done = [r for r in after if r["file"] in before and r["epoch"] != before[r["file"]]]
+        done = [r for r in after if r.file in before and r.epoch != before[r.file]]
         for row in done:
-            print(f"{_shown(row['file'])}: reclaimed, epoch {row['epoch']}")
+            print(f"{_shown(row.file)}: reclaimed, epoch {row.epoch}")
         if not done:
             print("nothing to reclaim")
         return 0
     failed = 0
     for path in args.files:
         try:
-            os.setxattr(path, "user.fencefs.reclaim", b"1")
-            epoch = os.getxattr(path, "user.fencefs.epoch").decode()
+            os.setxattr(path, wire.RECLAIM, b"1")
+            epoch = os.getxattr(path, wire.EPOCH).decode()
             print(f"{_shown(path)}: reclaimed, epoch {epoch}")
         except OSError as e:
             hint = " (not on a fencefs mount?)" if e.errno in (errno.ENOTSUP, errno.EINVAL) else ""
@@ -241,36 +279,36 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _claims_of(path: str) -> dict[str, object]:
-    def get(name: str) -> str:
-        return os.getxattr(path, f"user.fencefs.{name}").decode()
-
-    claims: list[dict[str, Any]] = []
+def _claims_of(path: str) -> wire.StatusEntry:
+    """A file's claim state as a status entry, from its own attributes."""
     now = time.time()
-    for line in get("claims").splitlines():
-        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        lease = fields.get("lease", "-")
-        claims.append({
-            "identity": fields.get("identity"), "pid": int(fields.get("pid", 0)),
-            "kind": fields.get("kind"), "version": int(fields.get("version", 0)),
-            "epoch": int(fields.get("epoch", 0)),
-            "lease_left": None if lease == "-" else round(float(lease) - now, 3),
-        })
-    return {"file": path, "version": int(get("version")), "epoch": int(get("epoch")),
-            "policy": get("policy"), "claims": claims}
-
-
-def _status_rows(mountpoint: str) -> list[dict[str, Any]]:
     try:
-        raw = os.getxattr(mountpoint, STATUS_XATTR)
+        claims = wire.parse_claims(os.getxattr(path, wire.CLAIMS))
+        return wire.StatusEntry(
+            file=path, version=int(os.getxattr(path, wire.VERSION)),
+            epoch=int(os.getxattr(path, wire.EPOCH)),
+            policy=os.getxattr(path, wire.POLICY).decode("utf-8", "replace"),
+            claims=tuple(wire.StatusClaim(
+                identity=c.identity, pid=c.pid, kind=c.kind, version=c.version,
+                epoch=c.epoch, lease_left=None if c.lease is None else round(c.lease - now, 3))
+                for c in claims))
+    except ValueError as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+def _status_rows(mountpoint: str) -> list[wire.StatusEntry]:
+    try:
+        raw = os.getxattr(mountpoint, wire.STATUS)
     except OSError as e:
         raise UsageError(f"{mountpoint}: not a fencefs mount ({e.strerror})") from None
-    rows: list[dict[str, Any]] = json.loads(raw)
-    return rows
+    try:
+        return wire.parse_status(raw)
+    except ValueError as e:
+        raise UsageError(f"{mountpoint}: {e}") from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = []
+    rows: list[wire.StatusEntry] = []
     if args.files:
         for path in args.files:
             full = path if os.path.isabs(path) else os.path.join(args.mountpoint, path)
@@ -281,25 +319,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         rows = _status_rows(args.mountpoint)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([row.as_json() for row in rows], indent=2))
         return 0
     print(f"{'FILE':32} {'VER':>5} {'EPOCH':>5} {'POLICY':10} {'IDENTITY':20} {'PID':>7} "
           f"{'KIND':5} {'RESTS ON':10} LEASE LEFT")
     for row in rows:
-        claims: list[dict[str, Any]] = list(row["claims"]) or [{}]
-        for i, claim in enumerate(claims):
-            head = (f"{_shown(row['file'])[-32:]:32} {row['version']:>5} {row['epoch']:>5} "
-                    f"{_shown(row['policy']):10}" if i == 0 else " " * 55)
-            if not claim:
-                print(f"{head} -")
-                continue
-            left = claim.get("lease_left")
+        head = (f"{_shown(row.file)[-32:]:32} {row.version:>5} {row.epoch:>5} "
+                f"{_shown(row.policy):10}")
+        if not row.claims:
+            print(f"{head} -")
+        for claim in row.claims:
+            left = claim.lease_left
             lease = "-" if left is None else (f"{left:.1f}s" if left > 0 else "expired")
-            if claim["epoch"] != row["epoch"]:
+            if claim.epoch != row.epoch:
                 lease = "revoked"
-            rests = f"v{claim['version']}/e{claim['epoch']}"
-            print(f"{head} {_shown(claim['identity'])[-20:]:20} {claim['pid']:>7} "
-                  f"{claim['kind']:5} {rests:10} {lease}")
+            rests = f"v{claim.version}/e{claim.epoch}"
+            print(f"{head} {_shown(claim.identity)[-20:]:20} {claim.pid:>7} "
+                  f"{claim.kind:5} {rests:10} {lease}")
+            head = " " * 55
+    if not args.files:
+        snapcli.print_summary(args.mountpoint)  # the mount's snapshots, one line
     kept = cli_history.kept_line(args.mountpoint)
     if kept:
         print(kept)
@@ -339,13 +378,18 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fencefs", description="A FUSE filesystem that fences writes to shared files.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog="fencefs", description="A FUSE filesystem that fences writes to shared files.",
+        epilog="fencefs BACKING MOUNTPOINT -o OPTIONS is fencefs mount (the form "
+               "mount -t fuse.fencefs and /etc/fstab use).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     m = sub.add_parser("mount", help="mount BACKING on MOUNTPOINT")
     m.add_argument("backing")
     m.add_argument("mountpoint")
+    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                   help="mount options as in /etc/fstab: durability=none, policy=exclusive, "
+                        "allow_other, shared_glob=*.db, ... (docs/guide.md)")
     m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     m.add_argument("--debug", action="store_true", help="log every request")
     m.add_argument("--allow-other", action="store_true",
@@ -357,13 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
                    default="agent", help="what one claim-holding identity is (docs/guide.md)")
     m.add_argument("--policy", choices=("optimistic", "exclusive"), default="optimistic",
                    help="policy of files that have none set (default optimistic)")
-    m.add_argument("--lease-ttl", type=_duration, default=60.0,
+    m.add_argument("--lease-ttl", type=duration, default=60.0,
                    help="lease of a write claim, renewed by each write and fsync "
                         "(default 60s; accepts 500ms, 30s, 5m)")
-    m.add_argument("--wait", type=_duration, default=0.0,
+    m.add_argument("--wait", type=duration, default=0.0,
                    help="exclusive policy: how long an open waits for the holder "
                         "before EBUSY (default 0: at once)")
-    m.add_argument("--sweep-after", type=_duration, default=None,
+    m.add_argument("--sweep-after", type=duration, default=None,
                    help="reclaim write claims idle (no write/fsync/renew) this long")
     m.add_argument("--shared-glob", action="append", default=[], metavar="PATTERN",
                    help="files matching PATTERN (a name like '*.db', or a path from the "
@@ -410,11 +454,27 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--json", action="store_true")
     lg.set_defaults(func=cmd_log)
 
+    snapcli.add_parser(sub)  # fencefs snapshot create|list|show|delete (snapcli.py)
     cli_history.add_parsers(sub)  # history, restore, gc, stats
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other fencefs error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"fencefs: {message} (see {self.prog} --help)\n")
+
+
+COMMANDS = ("mount", "unmount", "status", "reclaim", "log", "snapshot", "history", "restore",
+            "gc", "stats")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        # The mount.fuse3 helper's form: fencefs BACKING MOUNTPOINT -o OPTIONS
+        argv.insert(0, "mount")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import resource
 import signal
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 
 import pyfuse3
@@ -17,18 +20,26 @@ from fencefs.fuse.identity import mount_id_of
 from fencefs.fuse.operations import FenceOperations
 from fencefs.metrics import Metrics
 from fencefs.store.retention import Retention
+from fencefs.wire import mount_at
 
 log = logging.getLogger("fencefs")
 
 
-def mount_options(backing: str, *, allow_other: bool, debug: bool) -> set[str]:
+class MountFailed(Exception):
+    """The mount could not be made; the message is one line naming the cause."""
+
+
+def mount_options(backing: str, *, allow_other: bool, debug: bool,
+                  kernel_options: Sequence[str] = ()) -> set[str]:
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    options.add(f"fsname={backing}")
+    # libfuse splits options at commas and takes a backslash as an escape
+    options.add("fsname=" + backing.replace("\\", "\\\\").replace(",", "\\,"))
     options.add("subtype=fencefs")
     if allow_other:
         options.add("allow_other")
     if debug:
         options.add("debug")
+    options.update(kernel_options)  # ro, nosuid, noatime, ... from -o
     return options
 
 
@@ -53,27 +64,45 @@ def serve(
     wait: float = 0.0,
     sweep_after: float | None = None,
     shared_globs: Sequence[str] = (),
+    kernel_options: Sequence[str] = (),
+    lock_backing: bool = True,
     retention: Retention | None = None,
     metrics: tuple[str, int] | None = None,
 ) -> int:
-    """Mount, serve until unmounted or signalled, unmount. Returns exit code."""
+    """Mount, serve until unmounted or signalled, unmount. Returns exit code.
+    Raises MountFailed if the mount cannot be made.
+
+    ``lock_backing``: with the local coordination (the default) one daemon
+    serves a backing directory, and a second is refused. A coordination that
+    several hosts share (one backing directory on shared storage, one daemon
+    per host) passes False."""
+    logging.getLogger("pyfuse3").addFilter(_late_reply)
     _raise_fd_limit()
-    ops = FenceOperations(backing, durable=durable, scope=scope,
-                          max_observations=max_observations, default_policy=policy,
-                          lease_ttl=lease_ttl, wait=wait, sweep_after=sweep_after,
-                          warm_files=warm_files, shared_globs=shared_globs,
-                          retention=retention)
-    recovered = ops.recover()
+    lock = _lock_backing(backing) if lock_backing else None
+    try:
+        ops = FenceOperations(backing, durable=durable, scope=scope,
+                              max_observations=max_observations, default_policy=policy,
+                              lease_ttl=lease_ttl, wait=wait, sweep_after=sweep_after,
+                              warm_files=warm_files, shared_globs=shared_globs,
+                              retention=retention)
+        recovered = ops.recover()
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise MountFailed(f"backing directory {backing} is not usable: "
+                          f"{e.strerror}{where}") from None
     if recovered:
         log.warning("put away %d draft(s) left by an earlier daemon", recovered)
     exporter = None
     if metrics is not None:  # before the mount: a port in use fails the start
         from fencefs.metrics import serve as serve_metrics
 
-        exporter = serve_metrics(ops_metrics(ops), *metrics)
+        try:
+            exporter = serve_metrics(ops_metrics(ops), *metrics)
+        except OSError as e:
+            raise MountFailed(f"--metrics {metrics[0]}:{metrics[1]}: {e.strerror}") from None
         log.info("metrics on http://%s:%d/metrics", *exporter.server_address[:2])
-    pyfuse3.init(ops, mountpoint, mount_options(ops.backing.root, allow_other=allow_other,
-                                                debug=debug))
+    _init_fuse(ops, mountpoint, mount_options(ops.backing.root, allow_other=allow_other,
+                                              debug=debug, kernel_options=kernel_options))
     ops.mount_id = mount_id_of(mountpoint)
     with open(pid_file(ops.backing.root), "w") as f:
         f.write(f"{os.getpid()}\n{os.path.abspath(mountpoint)}\n")
@@ -95,12 +124,72 @@ def serve(
             os.unlink(pid_file(ops.backing.root))
         except OSError:
             pass
+        if lock is not None:
+            os.close(lock)
     return 0 if clean else 1
 
 
 def ops_metrics(ops: FenceOperations) -> Metrics:
     found = getattr(ops, "metrics", None)
     return found if isinstance(found, Metrics) else Metrics()
+
+
+def _lock_backing(backing: str, patience: float = 10.0) -> int:
+    """One daemon per backing directory: two would be two coordinators, and
+    neither would fence the other's writers (and each would put away the
+    other's drafts as orphans). The lock is held until the daemon exits. A
+    daemon whose mount is gone but which is still exiting (after a plain
+    umount) is waited for, up to ``patience`` seconds."""
+    path = os.path.join(backing, ".fencefs", "daemon.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise MountFailed(f"backing directory {backing} is not usable: {e.strerror} "
+                          f"({path})") from None
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        try:
+            with open(pid_file(backing)) as f:
+                pid, where = (f.read().splitlines() + ["?", "?"])[:2]
+        except OSError:
+            pid, where = "?", "?"
+        if time.monotonic() > deadline or mount_at(where) is not None:
+            os.close(fd)
+            raise MountFailed(f"backing directory {backing} is busy: fencefs daemon {pid} "
+                              f"serves it on {where}")
+        time.sleep(0.05)
+
+
+def _init_fuse(ops: FenceOperations, mountpoint: str, options: set[str]) -> None:
+    """pyfuse3.init, with what libfuse (or the fusermount3 it runs) prints on
+    standard error caught: on failure it becomes the one line of MountFailed
+    (libfuse's own words name the cause), on success a log warning."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as said:
+        os.dup2(said.fileno(), 2)
+        try:
+            pyfuse3.init(ops, mountpoint, options)
+            failure: BaseException | None = None
+        except RuntimeError as e:
+            failure = e
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        said.seek(0)
+        words = [line.strip() for line in said.read().decode(errors="replace").splitlines()
+                 if line.strip()]
+    if failure is None:
+        for line in words:
+            log.warning("libfuse: %s", line)
+        return
+    cause = "; ".join(words) if words else str(failure)
+    raise MountFailed(f"could not mount on {mountpoint}: {cause}")
 
 
 def _raise_fd_limit() -> None:
@@ -145,22 +234,6 @@ async def _watch_signals(scope: trio.CancelScope) -> None:
             pyfuse3.terminate()
             scope.cancel()
             return
-
-
-def setup_logging(debug: bool, logfile: str | None = None) -> None:
-    handler: logging.Handler
-    if logfile:
-        handler = logging.FileHandler(logfile)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    if not debug:
-        logging.getLogger("pyfuse3").setLevel(logging.WARNING)
-    logging.getLogger("pyfuse3").addFilter(_late_reply)
 
 
 def _late_reply(record: logging.LogRecord) -> bool:

@@ -195,9 +195,10 @@ def verify_appends(ledger: Ledger, name: str, data: bytes, verdict: Verdict) -> 
 
 
 def mounted(mountpoint: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(mountpoint) and " fuse.fencefs " in line
-                   for line in f)
+    from fencefs import wire
+
+    found = wire.mount_at(str(mountpoint))
+    return found is not None and found.fstype == wire.FSTYPE
 
 
 def start_daemon(backing: Path, mnt: Path, log: Path, *extra: str,

@@ -44,8 +44,11 @@ def require_fuse() -> None:
 
 
 def mounted(mountpoint: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == mountpoint and " fuse.fencefs " in line for line in f)
+    """Whether a fencefs mount is on top at ``mountpoint`` (an absolute path)."""
+    from fencefs import wire
+
+    found = wire.mount_at(mountpoint)
+    return found is not None and found.fstype == wire.FSTYPE
 
 
 class Mount:

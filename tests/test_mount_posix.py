@@ -156,8 +156,8 @@ def test_meta_dir_is_read_only_and_drafts_hidden(mount: Mount) -> None:
     with open(mount.path("f"), "w") as f:
         f.write("x")
     # (journal/, the older journal segments, appears once the journal rotates)
-    assert sorted(os.listdir(mount.path(".fencefs"))) == ["journal.jsonl", "rejected",
-                                                          "versions"]
+    assert sorted(os.listdir(mount.path(".fencefs"))) == [
+        "journal.jsonl", "rejected", "snapshot-meta", "snapshots", "txn", "versions"]
     with open(mount.path(".fencefs/journal.jsonl")) as f:
         assert '"event":"commit"' in f.read()
     for action in (
@@ -166,6 +166,8 @@ def test_meta_dir_is_read_only_and_drafts_hidden(mount: Mount) -> None:
         lambda: os.unlink(mount.path(".fencefs/journal.jsonl")),
         lambda: os.mkdir(mount.path(".fencefs/x")),
         lambda: os.rename(mount.path("f"), mount.path(".fencefs/f")),
+        lambda: open(mount.path(".fencefs/snapshots/new"), "w"),
+        lambda: os.rmdir(mount.path(".fencefs/txn")),
     ):
         with pytest.raises(OSError) as info:
             action()

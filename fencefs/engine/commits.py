@@ -39,6 +39,7 @@ from fencefs.engine.journaling import Journaling
 from fencefs.engine.writers import BIG, Writers
 from fencefs.store.backing import Fingerprint
 from fencefs.store.drafts import Draft, Drafts, close_quietly
+from fencefs.store.txn import is_staged
 
 log = logging.getLogger("fencefs.engine")
 
@@ -144,7 +145,8 @@ class CommitEngine:
                 await self._commit_append(handle)
             else:
                 await self._commit_rewrite(handle)
-        await self.journaling.durable_dir(os.path.dirname(handle.path))
+        if not is_staged(handle.path):  # a staged draft is made durable at its txn
+            await self.journaling.durable_dir(os.path.dirname(handle.path))
         done = time.monotonic()
         policy = self.journaling.policy_for(handle.path)
         self.metrics.observe("commit_seconds", done - started, policy=policy)
@@ -171,7 +173,7 @@ class CommitEngine:
         # Slow part first, off the event loop: the draft gets the state it
         # will commit as, and reaches the disk.
         with self.writers.failing_on_io(handle, "commit"):
-            if self.durable:
+            if self.durable and not is_staged(handle.path):
                 await trio.to_thread.run_sync(
                     lambda: self.drafts.prepare(draft, predicted, durable=True))
             else:  # no fsync: cheaper here than a trip to a worker thread

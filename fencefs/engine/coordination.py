@@ -26,10 +26,11 @@ and bookkeeping of paths that moved or went away.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from fencefs.core import Claim, Coordinator, FileState, Persisted
+from fencefs.core.transaction import Member, Planned, commit_many
 from fencefs.engine.atomic import atomic
 
 Install = Callable[[int, int], None]
@@ -76,6 +77,9 @@ class Coordination(Protocol):
     async def commit_path(self, path: str, identity: str, pid: int, install: Install,
                           now: float) -> int: ...
     async def reclaim(self, path: str, persist: Callable[[int], None]) -> int: ...
+    async def commit_many(self, files: Mapping[str, FileState | None],
+                          members: Sequence[Member], identity: str,
+                          install_all: Callable[[list[Planned]], None]) -> list[Planned]: ...
 
 
 class LocalCoordination:
@@ -128,3 +132,14 @@ class LocalCoordination:
     async def reclaim(self, path: str, persist: Callable[[int], None]) -> int:
         with atomic():
             return self.core.reclaim(path, persist)
+
+    async def commit_many(self, files: Mapping[str, FileState | None],
+                          members: Sequence[Member], identity: str,
+                          install_all: Callable[[list[Planned]], None]) -> list[Planned]:
+        """A multi-file commit: every member's guard, then one install of
+        all (``fencefs.core.transaction.commit_many``), in one step. Across
+        hosts this is one etcd transaction: a compare of epoch and version
+        per member, a put per member on success (docs/multihost.md)."""
+        with atomic():
+            return commit_many(files, members, identity, install_all,
+                               self.core.adopt, self.core.removed)

@@ -1,1 +1,1 @@
-"""The FUSE layer: translates kernel requests to the core and the store."""
+"""The FUSE layer: translates kernel requests to the commit engine (fencefs.engine)."""

@@ -16,27 +16,33 @@ import stat
 import time
 
 import pyfuse3
+import trio
 
 from fencefs import history as wire
-from fencefs.core import BadValue, Caller, FileState
+from fencefs.core import Caller, FileState
+from fencefs.core.errors import BadValue
+from fencefs.core.model import SHARED
+from fencefs.engine.atomic import atomic
 from fencefs.engine.commits import CommitEngine
 from fencefs.engine.coordination import Coordination
 from fencefs.engine.files import FileTable
 from fencefs.engine.history import History
 from fencefs.engine.journaling import Journaling
 from fencefs.engine.shared import SharedFiles
+from fencefs.engine.txns import Transactions
 from fencefs.fuse import control, paths
 from fencefs.fuse.access import READ, WRITE, Access
 from fencefs.fuse.identity import IdentityResolver
 from fencefs.fuse.inodes import ROOT, InodeTable
 from fencefs.store.backing import Backing
+from fencefs.store.snapshots import Snapshots
 
 
 class ControlAttributes:
     def __init__(self, backing: Backing, inodes: InodeTable, ids: IdentityResolver,
                  coord: Coordination, files: FileTable, commits: CommitEngine,
                  shared: SharedFiles, journaling: Journaling, history: History, *,
-                 durable: bool) -> None:
+                 durable: bool, txns: Transactions, snapshots: Snapshots) -> None:
         self.backing = backing
         self.inodes = inodes
         self.ids = ids
@@ -47,6 +53,8 @@ class ControlAttributes:
         self.journaling = journaling
         self.history = history
         self.durable = durable
+        self.txns = txns
+        self.snapshots = snapshots
 
     def access(self, ctx: pyfuse3.RequestContext) -> Access:
         return Access(ctx.uid, ctx.gid, ctx.pid, self.backing.lstat)
@@ -75,6 +83,10 @@ class ControlAttributes:
             return json.dumps(self.history.last_gc).encode()
         if text == wire.HISTORY:
             return self._history(self.inodes.path(inode), ctx)
+        if inode == ROOT and text == control.SNAPSHOTS:
+            return json.dumps([s.to_json() for s in self.snapshots.list()]).encode()
+        if text == control.RESULT and paths.is_txn_dir(self.inodes.path(inode)):
+            return self.txns.result(self.inodes.path(inode))
         if not control.is_control(text):  # e.g. security.capability, asked at every write
             return os.getxattr(self.backing.abs(self.inodes.path(inode)), name,
                                follow_symlinks=False)
@@ -112,6 +124,12 @@ class ControlAttributes:
             if not self.access(ctx).everything:
                 raise pyfuse3.FUSEError(errno.EPERM)  # gc touches everyone's files
             await self.history.gc(time.time(), dry_run=value.strip() == b"dry-run")
+            return
+        if text == control.COMMIT and paths.is_txn_dir(rel):
+            await self._commit_txn(inode, rel, value, caller, ctx)
+            return
+        if inode == ROOT and text in (control.SNAPSHOT_CREATE, control.SNAPSHOT_DELETE):
+            await self._snapshot(text, value, caller, ctx)
             return
         if file is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -202,6 +220,65 @@ class ControlAttributes:
             reason = f"identity={wanted}"
         await self.commits.reclaim_paths({p for p in paths_ if access.may(p, WRITE)},
                                          caller, reason)
+
+    async def _commit_txn(self, inode: int, rel: str, value: bytes, caller: Caller,
+                          ctx: pyfuse3.RequestContext) -> None:
+        """All or nothing (engine/txns.py); the staged files that left the
+        staging directory are forgotten by the kernel and by the inode table."""
+        control.parse_one(value, control.COMMIT)
+        access = self.access(ctx)
+        try:
+            await self.txns.commit(rel, caller, lambda p: access.may(p, WRITE))
+        finally:
+            self._forget_staged(rel)
+
+    def _forget_staged(self, root: str) -> None:
+        """Entries under the staging directory that no longer exist."""
+        for path in self.inodes.paths_under(root):
+            if os.path.lexists(self.backing.abs(path)):
+                continue
+            parent = self.inodes.ino_of(os.path.dirname(path))
+            if parent is None:
+                continue
+            name = os.path.basename(path)
+            self.inodes.unlinked(parent, name)
+            try:
+                pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
+            except Exception:  # noqa: BLE001 - a cache hint only
+                pass
+
+    async def _snapshot(self, name: str, value: bytes, caller: Caller,
+                        ctx: pyfuse3.RequestContext) -> None:
+        """Snapshots are the mount's: the caller must be able to write its root."""
+        if not self.access(ctx).may("", WRITE):
+            raise pyfuse3.FUSEError(errno.EACCES)
+        try:
+            snap, under = control.parse_snapshot(value)
+        except ValueError as e:
+            raise BadValue(str(e)) from None
+        if name == control.SNAPSHOT_DELETE:
+            self.snapshots.delete(snap)
+            parent = self.inodes.ino_of(paths.SNAPSHOTS_DIR)
+            if parent is not None:  # the kernel may hold the entry for a second
+                self.inodes.unlinked(parent, snap)
+                pyfuse3.invalidate_entry_async(parent, os.fsencode(snap), ignore_enoent=True)
+            self.journaling.record("snapshot-delete", snap, identity=caller.identity,
+                                   pid=caller.pid)
+            return
+        coord = self.coord
+
+        def copied(rel: str) -> bool:  # in-place files: a copy, not a link
+            file = coord.get(rel)
+            own = file.policy if file is not None else None
+            return coord.policy_for(rel, own) == SHARED
+
+        with atomic():  # the cut: one step between commits (G8)
+            cut = self.snapshots.cut(snap, under, copy_instead=copied)
+        info = await trio.to_thread.run_sync(
+            lambda: self.snapshots.finish(cut, durable=self.durable))
+        self.journaling.record("snapshot", snap, identity=caller.identity, pid=caller.pid,
+                               under=info.under, files=info.files, seconds=round(info.seconds, 4))
+        await self.journaling.sync_journal()
 
     def _set_policy(self, file: FileState, policy: str | None, caller: Caller) -> None:
         """The file's own policy (None: back to the mount's globs and default)."""

@@ -1,46 +1,47 @@
-"""The claim-state attributes: names, parsing of values, formatting."""
+"""The claim-state attributes: parsing of the values written to them, and the
+daemon's state turned into what fencefs.wire formats (names and formats live there)."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 
 from fencefs.core.errors import BadValue
 from fencefs.core.model import POLICIES, Claim, FileState
-
-PREFIX = "user.fencefs."
-VERSION, EPOCH, CLAIMS, CLAIM, POLICY = (
-    PREFIX + n for n in ("version", "epoch", "claims", "claim", "policy")
+from fencefs.wire import (  # noqa: F401 - the names the handlers use, from the one wire module
+    CLAIM,
+    CLAIMS,
+    COMMIT,
+    EPOCH,
+    POLICY,
+    PREFIX,
+    READABLE,
+    RECLAIM,
+    RECLAIM_AGENT,
+    RECLAIM_EXPIRED,
+    RENEW,
+    RESULT,
+    SNAPSHOT_CREATE,
+    SNAPSHOT_DELETE,
+    SNAPSHOTS,
+    STATUS,
+    VERSION,
+    ClaimInfo,
+    StatusClaim,
+    StatusEntry,
+    format_claims,
+    format_status,
+    is_control,
+    parse_snapshot,
 )
-RECLAIM, RENEW = PREFIX + "reclaim", PREFIX + "renew"
-STATUS = PREFIX + "status"  # on the mount's root: every file with claims, as JSON
-RECLAIM_EXPIRED = PREFIX + "reclaim-expired"  # on the root: value 1
-RECLAIM_AGENT = PREFIX + "reclaim-agent"  # on the root: value is an identity
-READABLE = (VERSION, EPOCH, CLAIMS, CLAIM, POLICY)
 
 
-def is_control(name: str) -> bool:
-    return name.startswith(PREFIX)
-
-
-def _quote(identity: str) -> str:
-    return "".join(c if c.isprintable() and not c.isspace() else f"%{ord(c):02X}"
-                   for c in identity)
-
-
-def format_claim(claim: Claim, now: float) -> str:
-    if claim.lease_expiry is None:
-        lease = "-"
-    else:
-        # Shown as wall-clock time; measured on the daemon's monotonic clock.
-        lease = f"{time.time() + (claim.lease_expiry - now):.3f}"
-    return (f"identity={_quote(claim.identity)} kind={claim.kind.value} "
-            f"version={claim.version} epoch={claim.epoch} pid={claim.pid} lease={lease}")
-
-
-def format_claims(claims: list[Claim], now: float) -> bytes:
-    return "".join(format_claim(c, now) + "\n" for c in claims).encode()
+def claim_info(claim: Claim, now: float) -> ClaimInfo:
+    """A claim as its claim line shows it: the lease as wall-clock time
+    (measured on the daemon's monotonic clock, ``now``)."""
+    lease = None if claim.lease_expiry is None else time.time() + (claim.lease_expiry - now)
+    return ClaimInfo(identity=claim.identity, kind=claim.kind.value, version=claim.version,
+                     epoch=claim.epoch, pid=claim.pid, lease=lease)
 
 
 def value_of(name: str, file: FileState, identity: str, now: float, policy: str) -> bytes:
@@ -51,34 +52,30 @@ def value_of(name: str, file: FileState, identity: str, now: float, policy: str)
     if name == POLICY:
         return policy.encode()
     if name == CLAIMS:
-        return format_claims(file.claims(), now)
+        return format_claims(claim_info(c, now) for c in file.claims())
     if name == CLAIM:
-        return format_claims([c for c in file.claims() if c.identity == identity], now)
+        return format_claims(claim_info(c, now) for c in file.claims()
+                             if c.identity == identity)
     raise KeyError(name)
 
 
 def status_of(files: Iterable[FileState], now: float,
               policy_of: Callable[[FileState], str]) -> bytes:
-    rows = []
+    entries = []
     for file in sorted(files, key=lambda f: f.path):
         claims = file.claims()
-        if not claims:
-            continue
-        rows.append({
-            "file": file.path, "version": file.version, "epoch": file.epoch,
-            "policy": policy_of(file),
-            "claims": [claim_row(c, now) for c in claims],
-        })
-    return json.dumps(rows).encode()
+        if claims:
+            entries.append(StatusEntry(
+                file=file.path, version=file.version, epoch=file.epoch,
+                policy=policy_of(file), claims=tuple(status_claim(c, now) for c in claims)))
+    return format_status(entries)
 
 
-def claim_row(claim: Claim, now: float) -> dict[str, object]:
-    return {
-        "identity": claim.identity, "pid": claim.pid, "kind": claim.kind.value,
-        "version": claim.version, "epoch": claim.epoch,
-        "lease_left": (None if claim.lease_expiry is None
-                       else round(claim.lease_expiry - now, 3)),
-    }
+def status_claim(claim: Claim, now: float) -> StatusClaim:
+    return StatusClaim(
+        identity=claim.identity, pid=claim.pid, kind=claim.kind.value,
+        version=claim.version, epoch=claim.epoch,
+        lease_left=None if claim.lease_expiry is None else round(claim.lease_expiry - now, 3))
 
 
 def parse_one(value: bytes, name: str = RECLAIM) -> None:

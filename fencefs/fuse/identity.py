@@ -13,6 +13,8 @@ from fencefs.core.model import Caller  # re-exported: the FUSE layer resolves ca
 
 __all__ = ["Caller", "IdentityResolver"]
 
+from fencefs.wire import mount_at, read_mountinfo
+
 AGENT_VAR = b"FENCEFS_AGENT="
 SCOPES = ("agent", "process", "thread", "session")
 _MAX_AGENT = 256
@@ -187,14 +189,11 @@ def holds_for_writing(pid: int, mount_id: int, ino: int) -> int:
 def mount_id_of(mountpoint: str) -> int | None:
     """The mount id of an absolute, resolved mount point (no stat: the mount
     may not answer yet when this runs)."""
-    target = mountpoint
-    found = None
-    info = _read("/proc/self/mountinfo") or b""
-    for line in info.decode(errors="replace").splitlines():
-        fields = line.split()
-        if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
-            found = int(fields[0])
-    return found
+    try:
+        found = mount_at(mountpoint, read_mountinfo())
+    except OSError:
+        return None
+    return None if found is None else found.mount_id
 
 
 def signal_pending(tid: int) -> bool:

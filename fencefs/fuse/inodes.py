@@ -111,6 +111,20 @@ class InodeTable:
             del self._by_key[(node.parent, node.name)]
         return path
 
+    def paths_under(self, root: str) -> list[str]:
+        """Known, attached paths below ``root``, deepest first."""
+        found = []
+        for ino in list(self._by_ino):
+            if self.detached(ino):
+                continue
+            try:
+                path = self.path(ino)
+            except Exception:  # noqa: BLE001 - a node whose parent went away
+                continue
+            if path.startswith(root + "/"):
+                found.append(path)
+        return sorted(found, key=lambda p: -p.count("/"))
+
     def unlinked(self, parent: int, name: str) -> None:
         """The entry is gone; a still-known node keeps its number, detached."""
         node = self._by_key.pop((parent, name), None)

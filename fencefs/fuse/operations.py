@@ -32,6 +32,7 @@ from fencefs.engine.history import History
 from fencefs.engine.journaling import Journaling
 from fencefs.engine.readers import Readers
 from fencefs.engine.shared import SharedFiles
+from fencefs.engine.txns import Transactions
 from fencefs.engine.writers import Writers
 from fencefs.fuse import paths
 from fencefs.fuse.access import READ
@@ -50,6 +51,8 @@ from fencefs.store.backing import Backing
 from fencefs.store.drafts import Drafts
 from fencefs.store.journal import Journal
 from fencefs.store.retention import Retention
+from fencefs.store.snapshots import Snapshots
+from fencefs.store.txn import TxnStore
 from fencefs.store.versions import VersionStore
 
 # The kernel may answer stat() from its cache for this long. Every content
@@ -114,9 +117,15 @@ class FenceOperations(pyfuse3.Operations):
         self.inodes = InodeTable()
         self.ids = IdentityResolver(scope)
         self.symlinks = paths.Symlinks(self.backing)
+        self.txns = Transactions(self.coord, self.files, self.handles, self.drafts,
+                                 self.journaling, TxnStore(self.backing, self.drafts,
+                                                           self.journal, durable=durable),
+                                 durable=durable)
+        self.snapshots = Snapshots(self.backing)
         self.attributes = ControlAttributes(self.backing, self.inodes, self.ids, self.coord,
                                             self.files, self.commits, self.shared,
-                                            self.journaling, self.history, durable=durable)
+                                            self.journaling, self.history, durable=durable,
+                                            txns=self.txns, snapshots=self.snapshots)
         # Set once mounted: lets flush tell the opener's last close from others.
         self.mount_id: int | None = None
         # Open directory handles: the directory's inode and a sorted snapshot.
@@ -125,8 +134,11 @@ class FenceOperations(pyfuse3.Operations):
     # -- start-up and upkeep ---------------------------------------------------
 
     def recover(self) -> int:
-        """Put drafts orphaned by a crash away as abandoned writes."""
-        return self.commits.recover()
+        """Roll interrupted transactions forward or back, drop half-made
+        snapshots, then put drafts orphaned by a crash away as abandoned."""
+        rolled = len(self.txns.store.recover())
+        self.snapshots.recover()
+        return rolled + self.commits.recover()
 
     async def maintain(self, interval: float = 2.0) -> None:
         """Background upkeep: drop claims of identities that have exited;
@@ -423,6 +435,7 @@ class FenceOperations(pyfuse3.Operations):
         if signal is not None:
             # G7: the kernel flushes a killed process's files; that is no commit.
             self.writers.reject(handle, None, op="flush", reason="killed", signal=signal)
+            self.txns.killed(handle.path)  # a staged draft: its transaction never commits
             raise pyfuse3.FUSEError(errno.EINTR)
         self.writers.check_live(handle, "close")  # a known refusal is reported by any close
         if self._opener_still_holds(handle):
@@ -478,6 +491,8 @@ class FenceOperations(pyfuse3.Operations):
         path = self.backing.abs(rel)
         os.mkdir(path, stat.S_IMODE(mode) & ~ctx.umask)
         self._own(path, ctx)
+        if paths.is_txn_dir(rel):  # a transaction's staging directory: whose it is
+            self.txns.begin(rel, self.ids.resolve(ctx.pid))
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         return self._attrs(node.ino, self._lstat(rel))
 

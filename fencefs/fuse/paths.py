@@ -18,18 +18,30 @@ import pyfuse3
 
 from fencefs.fuse.inodes import InodeTable
 from fencefs.store.backing import META_DIR, Backing
+from fencefs.store.txn import STAGING, is_staged
 
-# Shown through the mount, read-only; the rest of .fencefs/ is hidden.
-META_VISIBLE = {"journal.jsonl", "rejected", "journal", "versions"}
+# Shown through the mount, read-only (snapshots: the view of each cut, and
+# their manifests; the history; the journal's older segments); the rest of
+# .fencefs/ is hidden. The staging directories under txn/ are not meta:
+# files are written there.
+META_VISIBLE = {"journal.jsonl", "rejected", "snapshots", "snapshot-meta", "txn", "journal",
+                "versions"}
 REJECTED_DIR = f"{META_DIR}/rejected"
+SNAPSHOTS_DIR = f"{META_DIR}/snapshots"
 VERSIONS_DIR = f"{META_DIR}/versions"  # the history tree (store/versions.py)
-META_OPEN_DIRS = {META_DIR, REJECTED_DIR, VERSIONS_DIR, f"{META_DIR}/journal"}
+META_OPEN_DIRS = {META_DIR, REJECTED_DIR, SNAPSHOTS_DIR, f"{META_DIR}/snapshot-meta",
+                  VERSIONS_DIR, f"{META_DIR}/journal"}
 # The kernel's own limit of symlinks followed in one lookup (ELOOP).
 _MAX_HOPS = 40
 
 
 def is_meta(rel: str) -> bool:
-    return rel == META_DIR or rel.startswith(META_DIR + "/")
+    return (rel == META_DIR or rel.startswith(META_DIR + "/")) and not is_staged(rel)
+
+
+def is_txn_dir(rel: str) -> bool:
+    """``.fencefs/txn/NAME`` itself (where the commit attribute is set)."""
+    return is_staged(rel) and "/" not in rel[len(STAGING) + 1:]
 
 
 def is_hidden(rel: str) -> bool:
