@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from fencefs import snapcli, wire
+from fencefs import cli_history, snapcli, wire
 from fencefs.mounting import (
     UsageError,
     apply_options,
@@ -78,6 +78,9 @@ def _mount(args: argparse.Namespace) -> int:
     for pattern in args.shared_glob:
         if not pattern.strip("/"):
             raise UsageError(f"--shared-glob: not a pattern: {pattern!r}")
+    missing = cli_history.check_metrics_available(args)
+    if missing:
+        raise UsageError(missing)
     backing, mountpoint = validate_mount(args.backing, args.mountpoint)
     check_fuse(args.allow_other)
     if args.foreground:
@@ -92,7 +95,8 @@ def _mount(args: argparse.Namespace) -> int:
                          upkeep_interval=args.upkeep_interval, policy=args.policy,
                          lease_ttl=args.lease_ttl, wait=args.wait,
                          sweep_after=args.sweep_after, shared_globs=shared_globs(args),
-                         kernel_options=kernel)
+                         kernel_options=kernel,
+                         retention=cli_history.retention_of(args), metrics=args.metrics)
         except MountFailed as e:
             raise UsageError(str(e)) from None
     read_fd, write_fd = os.pipe()
@@ -110,6 +114,7 @@ def _mount(args: argparse.Namespace) -> int:
         command += ["--shared-glob", pattern]
     if args.no_default_shared_globs:
         command.append("--no-default-shared-globs")
+    command += cli_history.mount_argv(args)
     if args.debug:
         command.append("--debug")
     if args.allow_other:
@@ -334,6 +339,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             head = " " * 55
     if not args.files:
         snapcli.print_summary(args.mountpoint)  # the mount's snapshots, one line
+    kept = cli_history.kept_line(args.mountpoint)
+    if kept:
+        print(kept)
     return 0
 
 
@@ -410,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "*.sqlite3 and their -wal, -shm, -journal files)")
     m.add_argument("--max-observations", type=int, default=100_000,
                    help="cap on remembered read claims (default 100000; oldest dropped)")
+    cli_history.add_mount_options(m)
     m.add_argument("--warm-files", type=int, default=8192, help=argparse.SUPPRESS)
     m.add_argument("--upkeep-interval", type=float, default=2.0, help=argparse.SUPPRESS)
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -446,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.set_defaults(func=cmd_log)
 
     snapcli.add_parser(sub)  # fencefs snapshot create|list|show|delete (snapcli.py)
+    cli_history.add_parsers(sub)  # history, restore, gc, stats
     return parser
 
 
@@ -456,7 +466,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"fencefs: {message} (see {self.prog} --help)\n")
 
 
-COMMANDS = ("mount", "unmount", "status", "reclaim", "log", "snapshot")
+COMMANDS = ("mount", "unmount", "status", "reclaim", "log", "snapshot", "history", "restore",
+            "gc", "stats")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -467,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except UsageError as e:
+    except (UsageError, cli_history.HistoryUsageError) as e:
         print(f"fencefs: {e}", file=sys.stderr)
         return 2
 

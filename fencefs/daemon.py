@@ -18,6 +18,8 @@ import trio
 
 from fencefs.fuse.identity import mount_id_of
 from fencefs.fuse.operations import FenceOperations
+from fencefs.metrics import Metrics
+from fencefs.store.retention import Retention
 from fencefs.wire import mount_at
 
 log = logging.getLogger("fencefs")
@@ -64,6 +66,8 @@ def serve(
     shared_globs: Sequence[str] = (),
     kernel_options: Sequence[str] = (),
     lock_backing: bool = True,
+    retention: Retention | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns exit code.
     Raises MountFailed if the mount cannot be made.
@@ -82,7 +86,8 @@ def serve(
         ops = FenceOperations(backing, durable=durable, scope=scope,
                               max_observations=max_observations, default_policy=policy,
                               lease_ttl=lease_ttl, wait=wait, sweep_after=sweep_after,
-                              warm_files=warm_files, shared_globs=shared_globs)
+                              warm_files=warm_files, shared_globs=shared_globs,
+                              retention=retention)
         recovered = ops.recover()
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
@@ -90,6 +95,15 @@ def serve(
                           f"{e.strerror}{where}") from None
     if recovered:
         log.warning("put away %d draft(s) left by an earlier daemon", recovered)
+    exporter = None
+    if metrics is not None:  # before the mount: a port in use fails the start
+        from fencefs.metrics import serve as serve_metrics
+
+        try:
+            exporter = serve_metrics(ops_metrics(ops), *metrics)
+        except OSError as e:
+            raise MountFailed(f"--metrics {metrics[0]}:{metrics[1]}: {e.strerror}") from None
+        log.info("metrics on http://%s:%d/metrics", *exporter.server_address[:2])
     _init_fuse(ops, mountpoint, mount_options(ops.backing.root, allow_other=allow_other,
                                               debug=debug, kernel_options=kernel_options))
     ops.mount_id = mount_id_of(mountpoint)
@@ -104,7 +118,11 @@ def serve(
         if not _only_cancelled(exc):
             log.error("fencefs stopped on an error", exc_info=exc)
     finally:
+        if exporter is not None:
+            exporter.shutdown()
+            exporter.server_close()
         pyfuse3.close(unmount=True)
+        ops.history.flush_drops(force=True)  # retention drops not journaled yet
         ops.journal.close()
         try:
             os.unlink(pid_file(ops.backing.root))
@@ -113,6 +131,11 @@ def serve(
         if lock is not None:
             os.close(lock)
     return 0 if clean else 1
+
+
+def ops_metrics(ops: FenceOperations) -> Metrics:
+    found = getattr(ops, "metrics", None)
+    return found if isinstance(found, Metrics) else Metrics()
 
 
 def _lock_backing(backing: str, patience: float = 10.0) -> int:

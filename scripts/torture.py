@@ -182,7 +182,7 @@ class Torture:
         self.abandoned_expected = 0
         self.epochs_seen: dict[str, int] = {}
         self.versions_seen: dict[str, int] = {}
-        self.counts = {"orphaned drafts": 0}
+        self.counts = {"orphaned drafts": 0, "history entries checked": 0}
         self.reported: set[str] = set()
 
     def log_paths(self) -> list[Path]:
@@ -252,6 +252,7 @@ class Torture:
             if later:
                 verdict.fail(f"{name}: commits of v{later} journaled, file at v{version} "
                              f"({[ops[(name, v)] for v in later]})")
+        self.verify_history(verdict)
         named = {e.get("rejected") for e in journal}
         for kept in os.listdir(self.backing / ".fencefs" / "rejected"):
             if kept not in named:
@@ -264,6 +265,38 @@ class Torture:
         self.reported.update(verdict.problems)
         self.verdict.torn += verdict.torn
         self.verdict.verified = verdict.verified  # the last check covers all acks so far
+
+    def verify_history(self, verdict: Verdict) -> None:
+        """History (on by default) after a crash: every retained version is a
+        whole content, labeled with the version it was committed as, older
+        than the file's current version; no entry a crash left half-made."""
+        top = self.backing / ".fencefs" / "versions"
+        for i in range(self.args.files):
+            name = name_of(i)
+            d = top / name
+            if not d.is_dir():
+                continue
+            for entry in os.listdir(d):
+                if not entry.isdigit():
+                    verdict.fail(f"{name}: stray entry {entry} in its history")
+                    continue
+                path = d / entry
+                try:
+                    state = json.loads(os.getxattr(path, "user.fencefs.state"))
+                except (OSError, ValueError):
+                    verdict.fail(f"{name}: history entry {entry} has no state")
+                    continue
+                if int(state["v"]) != int(entry):
+                    verdict.fail(f"{name}: history entry {entry} holds v{state['v']}")
+                content = workload.parse_content(path.read_bytes())
+                if content is None:
+                    verdict.fail(f"{name}: history entry {entry} is not one whole content")
+                elif content.version != int(entry):
+                    verdict.fail(f"{name}: history entry {entry} holds a content built "
+                                 f"as v{content.version}")
+                if int(entry) >= self.versions_seen.get(name, 0):
+                    verdict.fail(f"{name}: history entry {entry} is not older than the file")
+                self.counts["history entries checked"] += 1
 
     def round(self, index: int) -> None:
         extra = ["--upkeep-interval", "0.5"]
@@ -330,6 +363,7 @@ class Torture:
         print(f"other errors: {untyped}")
         print(f"reclaims acknowledged: {sum(1 for _ in self.epoch_records())}")
         print(f"orphaned drafts put away and journaled: {self.counts['orphaned drafts']}")
+        print(f"history entries checked: {self.counts['history entries checked']}")
         print(f"highest version: {max(self.versions_seen.values(), default=0)}, "
               f"highest epoch: {max(self.epochs_seen.values(), default=0)}")
         print(f"elapsed: {time.monotonic() - start:.1f}s, workdir: {self.work}")

@@ -242,11 +242,14 @@ def open_fds(pid: int) -> int:
 
 
 def read_journal(backing: Path) -> list[dict[str, object]]:
+    """Every journal entry, across the rotated segments (journal/NNNNNN.jsonl)."""
     entries = []
-    with open(backing / ".fencefs" / "journal.jsonl", errors="replace") as f:
-        for line in f:
-            try:
-                entries.append(json.loads(line))
-            except ValueError:
-                continue
+    segments = sorted((backing / ".fencefs" / "journal").glob("*.jsonl"))
+    for path in [*segments, backing / ".fencefs" / "journal.jsonl"]:
+        with open(path, errors="replace") as f:
+            for line in f:
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:
+                    continue
     return entries

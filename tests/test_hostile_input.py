@@ -95,8 +95,10 @@ def test_hostile_names_work_end_to_end(mount: Mount) -> None:
         status = fencefs_cli("status", str(mount.mnt))
         assert status.returncode == 0, status.stderr
         assert no_control_chars(status.stdout), status.stdout
-        # a write claim (the holder) and a read claim (this test) per file
-        assert len(status.stdout.splitlines()) == 1 + 2 * len(HOSTILE_NAMES)
+        # a write claim (the holder) and a read claim (this test) per file,
+        # then one line on what .fencefs/ keeps
+        assert len(status.stdout.splitlines()) == 1 + 2 * len(HOSTILE_NAMES) + 1
+        assert status.stdout.splitlines()[-1].startswith("kept in ")
         reclaim = fencefs_cli("reclaim", *[os.fsdecode(mnt + b"/" + n) for n in HOSTILE_NAMES])
         assert reclaim.returncode == 0, reclaim.stderr
         assert no_control_chars(reclaim.stdout), reclaim.stdout

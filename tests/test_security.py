@@ -302,3 +302,30 @@ def test_nodes_of_every_kind_belong_to_their_maker(shared: Mount,
                    ["ok", "0o22"], ["ok", None], ["ok", [uid, gid, 0o664]]]
     assert not os.path.lexists(dev)
     assert os.readlink(link) == "/etc/hostname"
+
+
+def test_history_is_kept_from_those_who_could_not_read(shared: Mount,
+                                                      other: pwd.struct_passwd) -> None:
+    """Retained versions keep their file's owner and mode (they are its
+    inodes), the history tree lists a file's history only to those who may
+    read the file, and its history attribute answers EACCES to the others."""
+    m = shared
+    os.mkdir(m.path("private"), 0o700)
+    secret = m.path("private/secret.txt")
+    for text in ("s1", "s2"):
+        m.seed("private/secret.txt", text)
+    os.chmod(secret, 0o600)
+    for text in ("o1", "o2"):
+        m.seed("open.txt", text)
+    os.chmod(m.path("open.txt"), 0o644)
+    view = m.mnt / ".fencefs" / "versions"
+    got = as_user(other, ["listdir", str(view)],
+                  ["listdir", str(view / "open.txt")],
+                  ["read", str(view / "open.txt" / "1")],
+                  ["read", str(view / "private" / "secret.txt" / "1")],
+                  ["getxattr", str(view / "private" / "secret.txt"), "user.fencefs.history"],
+                  ["write", str(view / "open.txt" / "1"), "x"])
+    # (the write: the kernel refuses it by the version's mode before EROFS could)
+    assert got == [["ok", ["open.txt"]], ["ok", ["1"]], ["ok", "o1"], ["err", "EACCES"],
+                   ["err", "EACCES"], ["err", "EACCES"]]
+    assert sorted(os.listdir(view)) == ["open.txt", "private"]  # the owner sees all

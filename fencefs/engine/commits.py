@@ -65,6 +65,10 @@ class CommitEngine:
         self.wait = wait
         # Per path: the turn to prepare and install a commit (see commit).
         self._turns: dict[str, trio.Lock] = {}
+        # Keeps the content a commit replaces (engine/history.py), called in
+        # the install just before the rename or unlink; never raises.
+        self.keep: Callable[[FileState, int], None] = lambda file, version: None
+        self.metrics = journaling.metrics
 
     # -- start-up ----------------------------------------------------------------
 
@@ -130,6 +134,7 @@ class CommitEngine:
     async def commit(self, handle: Handle) -> None:
         """Commit a dirty write handle (its close or fsync)."""
         assert handle.claim is not None
+        started = time.monotonic()
         check = self.writers.check_live
         check(handle, "commit")
         async with self._turn(handle.path):
@@ -144,6 +149,10 @@ class CommitEngine:
                 await self._commit_rewrite(handle)
         if not is_staged(handle.path):  # a staged draft is made durable at its txn
             await self.journaling.durable_dir(os.path.dirname(handle.path))
+        done = time.monotonic()
+        policy = self.journaling.policy_for(handle.path)
+        self.metrics.observe("commit_seconds", done - started, policy=policy)
+        self.metrics.observe("open_to_commit_seconds", done - handle.opened, policy=policy)
 
     @contextlib.asynccontextmanager
     async def _turn(self, path: str) -> AsyncIterator[None]:
@@ -200,7 +209,11 @@ class CommitEngine:
             # a content in place that the journal does not account for).
             self.journaling.record("commit", handle.path, identity=handle.caller.identity,
                                    pid=handle.caller.pid, version=rested, epoch=epoch,
-                                   new_version=version, draft=draft.name)
+                                   new_version=version, draft=draft.name,
+                                   op="restore" if handle.restored_from is not None else None,
+                                   restored_from=handle.restored_from)
+            handle.restored_from = None
+            self.keep(file, version - 1)
             self.drafts.install(draft)
             self._installed(handle.path, draft.fd, handle.ino)
         return install
@@ -242,7 +255,7 @@ class CommitEngine:
             try:
                 self.journaling.room()
                 version = await self.coord.commit(
-                    claim, self._append_installer(handle, combined, seen))
+                    claim, self._append_installer(handle, file, combined, seen))
             except FenceError as e:
                 self.drafts.discard(combined)
                 self.writers.reject(handle, e, op="append")
@@ -259,13 +272,14 @@ class CommitEngine:
             return
         raise AssertionError("an inline append build cannot lose a race")
 
-    def _append_installer(self, handle: Handle, combined: Draft,
+    def _append_installer(self, handle: Handle, file: FileState, combined: Draft,
                           seen: int) -> Callable[[int, int], None]:
         def install(version: int, epoch: int) -> None:
             self.journaling.record("commit", handle.path, identity=handle.caller.identity,
                                    pid=handle.caller.pid, version=seen, epoch=epoch,
                                    new_version=version, op="append", size=handle.append_at,
                                    draft=combined.name)
+            self.keep(file, version - 1)
             self.drafts.install(combined)
             self._installed(handle.path, combined.fd, handle.ino)
         return install
@@ -349,6 +363,7 @@ class CommitEngine:
         rel = file.path
 
         def install(version: int, epoch: int) -> None:
+            self.keep(file, version - 1)  # a deleted file stays restorable
             self.drafts.trash.put(rel)  # one rename; deleted off the request path
 
         await self.commit_path(file, caller, install, "unlink")
@@ -362,6 +377,7 @@ class CommitEngine:
         def install(version: int, epoch: int) -> None:
             fp = self.backing.write_state(
                 old, Persisted(version, epoch, target.policy), durable=False)
+            self.keep(target, version - 1)
             self.drafts.trash.keep(new)  # the replaced content is freed off the request path
             self.backing.tree.rename(old, new)
             self.files.fingerprints[new] = fp
@@ -384,6 +400,7 @@ class CommitEngine:
         def install(version: int, epoch: int) -> None:
             self.drafts.prepare(draft, Persisted(version, epoch, file.policy),
                                 durable=self.durable)
+            self.keep(file, version - 1)
             self.drafts.install(draft)
             self.files.fingerprints[rel] = Fingerprint.of(os.fstat(draft.fd))
 

@@ -54,6 +54,9 @@ class FileTable:
         self.warm: OrderedDict[str, None] = OrderedDict()
         self.warm_files = max(1, warm_files)
         self.content_changed: ContentChanged = lambda path, ino: None
+        # The version a path with no state and no tombstone continues from
+        # (its history's, see engine/history.py).
+        self.floor: Callable[[str], int] = lambda path: 0
 
     def file(self, rel: str, st: os.stat_result) -> FileState:
         """The coordination state of a regular file, noticing foreign writes."""
@@ -65,6 +68,8 @@ class FileTable:
             tomb = self.tombstones.pop(rel, None)
             if tomb is not None and saved is None:
                 persisted = Persisted(tomb[0], tomb[1])
+            elif saved is None and persisted.version == 0:
+                persisted = Persisted(self.floor(rel), persisted.epoch, persisted.policy)
             file = coord.adopt(rel, persisted)
             if tomb is not None and saved is None:
                 for seen in tomb[2]:

@@ -14,8 +14,9 @@ import errno
 import itertools
 import os
 import resource
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fencefs.core import Caller, Claim, FileState
 from fencefs.store.drafts import Draft
@@ -43,6 +44,8 @@ class Handle:
     served: tuple[int, int] | None = None  # (version, epoch) of base_fd
     observed: tuple[int, int] | None = None  # what read() last recorded
     booked: tuple[int, int] = (0, 0)  # (process, descriptors) booked at open
+    opened: float = field(default_factory=time.monotonic)  # for open-to-commit metrics
+    restored_from: int | None = None  # its next commit restores this version
 
     @property
     def writable(self) -> bool:

@@ -24,8 +24,13 @@ from typing import Any
 import trio
 
 from fencefs.core import Caller, Claim, FenceError, FileState
+from fencefs.metrics import Metrics
 from fencefs.store.backing import Backing
 from fencefs.store.journal import Journal
+
+# Journal events counted as metrics, under the same names (see fencefs.metrics).
+_COUNTED = {"conflict": "conflicts", "fenced": "fenced", "busy": "busy", "killed": "killed",
+            "foreign": "foreign", "abandoned": "abandoned"}
 
 
 class Journaling:
@@ -37,11 +42,25 @@ class Journaling:
         self._syncing: trio.Event | None = None
         # Directories whose entries changed since they were last synced.
         self._pending: set[str] = set()
+        # Every journaled decision is counted too (a dictionary update).
+        self.metrics = Metrics()
+        self.policy_for: Callable[[str], str] = lambda path: "?"
 
     # -- records ---------------------------------------------------------------
 
     def record(self, event: str, path: str, **fields: object) -> None:
         self.journal.record(event, path, **fields)
+        self._count(event, path, fields)
+
+    def _count(self, event: str, path: str, fields: dict[str, object]) -> None:
+        if event == "commit":
+            self.metrics.inc("commits", policy=self.policy_for(path),
+                             op=str(fields.get("op") or "write"))
+        elif event == "reclaim":
+            reason = str(fields.get("reason") or "?").split("=", 1)[0]
+            self.metrics.inc("reclaims", reason=reason)
+        elif event in _COUNTED:
+            self.metrics.inc(_COUNTED[event], policy=self.policy_for(path))
 
     def claim_event(self, event: str, claim: Claim | None, file: FileState | None,
                     **fields: object) -> None:
@@ -54,11 +73,11 @@ class Journaling:
             info.update(current_version=file.version, current_epoch=file.epoch)
         info.update(fields)
         path = claim.path if claim is not None else (file.path if file else "?")
-        self.journal.record(event, path, **info)
+        self.record(event, path, **info)
 
     def refusal(self, e: FenceError, rel: str, caller: Caller, op: str,
                 **fields: object) -> None:
-        self.journal.record(e.reason, rel, identity=caller.identity, pid=caller.pid, op=op,
+        self.record(e.reason, rel, identity=caller.identity, pid=caller.pid, op=op,
                             version=e.rested_version, epoch=e.rested_epoch,
                             current_version=e.current_version, current_epoch=e.current_epoch,
                             **fields)

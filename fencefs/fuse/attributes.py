@@ -18,6 +18,7 @@ import time
 import pyfuse3
 import trio
 
+from fencefs import history as wire
 from fencefs.core import Caller, FileState
 from fencefs.core.errors import BadValue
 from fencefs.core.model import SHARED
@@ -25,6 +26,7 @@ from fencefs.engine.atomic import atomic
 from fencefs.engine.commits import CommitEngine
 from fencefs.engine.coordination import Coordination
 from fencefs.engine.files import FileTable
+from fencefs.engine.history import History
 from fencefs.engine.journaling import Journaling
 from fencefs.engine.shared import SharedFiles
 from fencefs.engine.txns import Transactions
@@ -39,8 +41,8 @@ from fencefs.store.snapshots import Snapshots
 class ControlAttributes:
     def __init__(self, backing: Backing, inodes: InodeTable, ids: IdentityResolver,
                  coord: Coordination, files: FileTable, commits: CommitEngine,
-                 shared: SharedFiles, journaling: Journaling, *, durable: bool,
-                 txns: Transactions, snapshots: Snapshots) -> None:
+                 shared: SharedFiles, journaling: Journaling, history: History, *,
+                 durable: bool, txns: Transactions, snapshots: Snapshots) -> None:
         self.backing = backing
         self.inodes = inodes
         self.ids = ids
@@ -49,6 +51,7 @@ class ControlAttributes:
         self.commits = commits
         self.shared = shared
         self.journaling = journaling
+        self.history = history
         self.durable = durable
         self.txns = txns
         self.snapshots = snapshots
@@ -74,6 +77,12 @@ class ControlAttributes:
             access = self.access(ctx)
             files = [f for f in self.coord.files() if access.may(f.path, READ)]
             return control.status_of(files, time.monotonic(), self.coord.policy_of)
+        if inode == ROOT and text == wire.STATS:
+            return self.history.stats()
+        if inode == ROOT and text == wire.GC:
+            return json.dumps(self.history.last_gc).encode()
+        if text == wire.HISTORY:
+            return self._history(self.inodes.path(inode), ctx)
         if inode == ROOT and text == control.SNAPSHOTS:
             return json.dumps([s.to_json() for s in self.snapshots.list()]).encode()
         if text == control.RESULT and paths.is_txn_dir(self.inodes.path(inode)):
@@ -107,6 +116,13 @@ class ControlAttributes:
         if inode == ROOT and text in (control.RECLAIM_EXPIRED, control.RECLAIM_AGENT):
             await self._reclaim_many(text, value, caller, self.access(ctx))
             return
+        if inode == ROOT and text == wire.GC:
+            if value.strip() not in (b"1", b"dry-run"):
+                raise BadValue(f"{wire.GC} takes 1 or dry-run")
+            if not self.access(ctx).everything:
+                raise pyfuse3.FUSEError(errno.EPERM)  # gc touches everyone's files
+            await self.history.gc(time.time(), dry_run=value.strip() == b"dry-run")
+            return
         if text == control.COMMIT and paths.is_txn_dir(rel):
             await self._commit_txn(inode, rel, value, caller, ctx)
             return
@@ -115,7 +131,9 @@ class ControlAttributes:
             return
         if file is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        if text == control.RECLAIM:
+        if text == wire.RESTORE_FROM:
+            self._restore_from(rel, value, caller)
+        elif text == control.RECLAIM:
             control.parse_one(value)
             await self.commits.reclaim(file, caller, reason="operator")
         elif text == control.RENEW:
@@ -130,6 +148,59 @@ class ControlAttributes:
             self._set_policy(file, control.parse_policy(value), caller)
         else:
             raise pyfuse3.FUSEError(errno.EINVAL)
+
+    def _history(self, rel: str, ctx: pyfuse3.RequestContext) -> bytes:
+        """``user.fencefs.history`` of a history directory (the file's path
+        under ``.fencefs/versions/``): what a reader of the file may see."""
+        if not paths.in_versions(rel) or rel == paths.VERSIONS_DIR:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        path = wire.decode_path(rel[len(paths.VERSIONS_DIR) + 1:])
+        access = self.access(ctx)
+        if self.backing.is_regular(path) and not access.may(path, READ):
+            raise pyfuse3.FUSEError(errno.EACCES)
+        return self.history.history_of(path)
+
+    def history_dir_owner(self, rel: str) -> tuple[int, int, int]:
+        """Owner, group and mode shown for a directory of the history tree:
+        those of the path it mirrors (a file's read bits become search bits
+        too), or for a deleted path those of its nearest existing directory,
+        so that the history is guarded as the files were."""
+        path = wire.decode_path(rel[len(paths.VERSIONS_DIR) + 1:])
+        while True:
+            try:
+                st = self.backing.lstat(path)
+                break
+            except OSError:
+                if not path:
+                    return 0, 0, stat.S_IFDIR | 0o700
+                path = os.path.dirname(path)
+        perms = stat.S_IMODE(st.st_mode) & 0o777
+        if not stat.S_ISDIR(st.st_mode):
+            perms |= (perms & 0o444) >> 2  # r -> r-x
+        return st.st_uid, st.st_gid, stat.S_IFDIR | (perms & 0o755)
+
+    def may_see_history(self, access: Access, rel: str) -> bool:
+        """Whether a directory of the history tree (a file's history, or a
+        directory of files) may be listed: if its path exists, as the caller
+        may read it; else (deleted) as the caller may read its parent."""
+        path = wire.decode_path(rel[len(paths.VERSIONS_DIR) + 1:])
+        while path and not self.backing.exists(path):
+            path = os.path.dirname(path)
+        return access.may(path, READ)
+
+    def _restore_from(self, rel: str, value: bytes, caller: Caller) -> None:
+        """Mark the caller's open write handles of the file: their next
+        commit restores a retained version (journaled ``restored_from``)."""
+        try:
+            version = wire.parse_restore_from(value)
+        except ValueError as e:
+            raise BadValue(str(e)) from None
+        mine = [h for h in self.files.handles.of_path(rel)
+                if h.writable and h.caller.pid == caller.pid]
+        if not mine:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # no write handle of yours to mark
+        for handle in mine:
+            self.history.mark_restore(handle, version)
 
     async def _reclaim_many(self, name: str, value: bytes, caller: Caller,
                             access: Access) -> None:

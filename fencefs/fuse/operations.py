@@ -28,6 +28,7 @@ from fencefs.engine.commits import CommitEngine
 from fencefs.engine.coordination import LocalCoordination
 from fencefs.engine.files import FileTable
 from fencefs.engine.handles import Handle, HandleTable
+from fencefs.engine.history import History
 from fencefs.engine.journaling import Journaling
 from fencefs.engine.readers import Readers
 from fencefs.engine.shared import SharedFiles
@@ -49,8 +50,10 @@ from fencefs.fuse.inodes import InodeTable
 from fencefs.store.backing import Backing
 from fencefs.store.drafts import Drafts
 from fencefs.store.journal import Journal
+from fencefs.store.retention import Retention
 from fencefs.store.snapshots import Snapshots
 from fencefs.store.txn import TxnStore
+from fencefs.store.versions import VersionStore
 
 # The kernel may answer stat() from its cache for this long. Every content
 # change made through the mount invalidates the inode's attributes at once
@@ -77,11 +80,15 @@ class FenceOperations(pyfuse3.Operations):
         sweep_after: float | None = None,
         warm_files: int = 8192,
         shared_globs: Sequence[str] = (),
+        retention: Retention | None = None,
     ) -> None:
         super().__init__()
         self.backing = Backing(backing_root)
         self.drafts = Drafts(self.backing)
-        self.journal = Journal(os.path.join(self.backing.meta, "journal.jsonl"))
+        keep = self.retention = retention or Retention()
+        self.journal = Journal(os.path.join(self.backing.meta, "journal.jsonl"),
+                               segment_bytes=keep.segment_bytes, max_bytes=keep.journal_max,
+                               durable=durable)
         self.durable = durable
         self.sweep_after = sweep_after
         self.coord = LocalCoordination(Coordinator(
@@ -98,6 +105,15 @@ class FenceOperations(pyfuse3.Operations):
                                     self.journaling, durable=durable, wait=wait)
         self.shared = SharedFiles(self.coord, self.files, self.handles, self.journaling,
                                   self.commits)
+        # History, restore, retention, metrics (engine/history.py).
+        self.metrics = self.journaling.metrics
+        self.journaling.policy_for = lambda p: (self.coord.policy_of(f) if (
+            f := self.coord.get(p)) is not None else self.coord.policy_for(p, None))
+        self.history = History(VersionStore(self.backing.meta, keep), self.drafts, self.coord,
+                               self.files, self.journaling, self.metrics, keep,
+                               durable=durable)
+        self.commits.keep = self.history.keep
+        self.files.floor = self.history.floor
         self.inodes = InodeTable()
         self.ids = IdentityResolver(scope)
         self.txns = Transactions(self.coord, self.files, self.handles, self.drafts,
@@ -107,7 +123,7 @@ class FenceOperations(pyfuse3.Operations):
         self.snapshots = Snapshots(self.backing)
         self.attributes = ControlAttributes(self.backing, self.inodes, self.ids, self.coord,
                                             self.files, self.commits, self.shared,
-                                            self.journaling, durable=durable,
+                                            self.journaling, self.history, durable=durable,
                                             txns=self.txns, snapshots=self.snapshots)
         # Set once mounted: lets flush tell the opener's last close from others.
         self.mount_id: int | None = None
@@ -124,9 +140,17 @@ class FenceOperations(pyfuse3.Operations):
         return rolled + self.commits.recover()
 
     async def maintain(self, interval: float = 2.0) -> None:
-        """Background upkeep: drop claims of identities that have exited."""
+        """Background upkeep: drop claims of identities that have exited;
+        apply the retention bounds (flat: only paths committed since)."""
+        await self.history.scan()
+        tick = time.monotonic() + interval
         while True:
-            await trio.sleep(interval)
+            with trio.move_on_at(tick):  # or earlier, when a file's history is full
+                await self.history.wanted.wait()
+            await self.history.sweep(time.time())
+            if time.monotonic() < tick:
+                continue
+            tick = time.monotonic() + interval
             await self.journaling.flush_namespace()
             self.prune_identities()
             if self.sweep_after is not None:
@@ -152,10 +176,13 @@ class FenceOperations(pyfuse3.Operations):
         for name in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
                      "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
             setattr(a, name, getattr(st, name))
-        if rel in paths.META_OPEN_DIRS:
+        if rel is not None and rel in paths.META_OPEN_DIRS:
             # Everyone may look in (read-only): what is inside keeps the modes
             # of the files it came from, and listings are filtered (opendir).
             a.st_mode = stat.S_IFDIR | 0o755
+        elif rel is not None and stat.S_ISDIR(st.st_mode) and paths.in_versions(rel):
+            # A directory of the history tree guards like the path it mirrors.
+            a.st_uid, a.st_gid, a.st_mode = self.attributes.history_dir_owner(rel)
         a.st_ino = ino
         a.generation = 0
         a.entry_timeout = _ENTRY_TIMEOUT
@@ -541,14 +568,23 @@ class FenceOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         rel = self.inodes.path(inode)
         names = []
-        # Rejected writes are listed only to those who may read them.
-        access = self.attributes.access(ctx) if rel == paths.REJECTED_DIR else None
+        # Rejected writes and retained versions are listed only to those who
+        # may read them; the history tree's directories name files, shown
+        # only to those who may read the directory they are in.
+        history = paths.in_versions(rel)
+        access = self.attributes.access(ctx) if rel == paths.REJECTED_DIR or history else None
         for entry, st in self.backing.tree.listdir(rel, stats=access is not None):
             child = f"{rel}/{entry}" if rel else entry
             if paths.is_hidden(child):
                 continue
-            if access is not None and (st is None or not access.may_entry(st, READ)):
-                continue
+            if access is not None:
+                if st is None:
+                    continue  # gone since listed
+                if history and stat.S_ISDIR(st.st_mode):
+                    if not self.attributes.may_see_history(access, child):
+                        continue
+                elif not access.may_entry(st, READ):
+                    continue
             names.append(entry)
         names.sort()
         fh = self.handles.next_fh()
@@ -621,6 +657,7 @@ class FenceOperations(pyfuse3.Operations):
             if dst_st is not None:
                 self.coord.removed(new)
             self.files.moved(old, new)
+            self.history.moved(old, new, is_dir=stat.S_ISDIR(src_st.st_mode))
         self.inodes.moved(parent_inode_old, os.fsdecode(name_old),
                           parent_inode_new, os.fsdecode(name_new))
         self._content_changed(new)

@@ -1,10 +1,12 @@
 """Which paths a request may name: the meta directory.
 
-``.fencefs/`` in the backing directory holds drafts, rejected writes and the
-journal. Through the mount only ``journal.jsonl`` and ``rejected/`` are
-visible, read-only; the rest is hidden. Symlinks may have any target, as on
-any filesystem: the caller's kernel follows them, in the caller's context;
-the daemon itself never follows one (store/paths.py).
+``.fencefs/`` in the backing directory holds drafts, rejected writes, the
+journal and the history. Through the mount only ``journal.jsonl``, the older
+journal segments (``journal/``), ``rejected/``, ``versions/``, the snapshots
+and the staging directories are visible, read-only but for staging (EROFS
+on any change); the rest is hidden. Symlinks may have any target, as on any
+filesystem: the caller's kernel follows them, in the caller's context; the
+daemon itself never follows one (store/paths.py).
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ from fencefs.store.txn import STAGING, is_staged
 __all__ = ["META_DIR", "child", "give", "is_hidden", "is_meta", "parent_of", "refuse_meta"]
 
 # Shown through the mount, read-only (snapshots: the view of each cut, and
-# their manifests); the rest of .fencefs/ is hidden. The staging
-# directories under txn/ are not meta: files are written there.
-META_VISIBLE = {"journal.jsonl", "rejected", "snapshots", "snapshot-meta", "txn"}
+# their manifests; the history; the journal's older segments); the rest of
+# .fencefs/ is hidden. The staging directories under txn/ are not meta:
+# files are written there.
+META_VISIBLE = {"journal.jsonl", "rejected", "snapshots", "snapshot-meta", "txn", "journal",
+                "versions"}
 REJECTED_DIR = f"{META_DIR}/rejected"
 SNAPSHOTS_DIR = f"{META_DIR}/snapshots"
-META_OPEN_DIRS = {META_DIR, REJECTED_DIR, SNAPSHOTS_DIR, f"{META_DIR}/snapshot-meta"}
+VERSIONS_DIR = f"{META_DIR}/versions"  # the history tree (store/versions.py)
+META_OPEN_DIRS = {META_DIR, REJECTED_DIR, SNAPSHOTS_DIR, f"{META_DIR}/snapshot-meta",
+                  VERSIONS_DIR, f"{META_DIR}/journal"}
 
 
 def is_meta(rel: str) -> bool:
@@ -43,6 +49,11 @@ def is_hidden(rel: str) -> bool:
     if not rel.startswith(META_DIR + "/"):
         return False
     return rel[len(META_DIR) + 1:].split("/", 1)[0] not in META_VISIBLE
+
+
+def in_versions(rel: str) -> bool:
+    """In the history tree: ``.fencefs/versions/`` and below."""
+    return rel == VERSIONS_DIR or rel.startswith(VERSIONS_DIR + "/")
 
 
 def refuse_meta(rel: str) -> None:

@@ -21,6 +21,9 @@ from fencefs.core.model import POLICIES, Persisted
 from fencefs.store.paths import Tree
 
 STATE_XATTR = "user.fencefs.state"
+# Who committed a content and when: {"id": identity, "pid": pid, "t": wall time}.
+# Set on a draft before it is installed; read back once it is history.
+COMMIT_XATTR = "user.fencefs.commit"
 META_DIR = ".fencefs"
 
 
@@ -41,6 +44,13 @@ def encode_state(persisted: Persisted, fp: Fingerprint) -> bytes:
         state["p"] = persisted.policy
     state.update(ino=fp.ino, size=fp.size, mtime=fp.mtime_ns)
     return json.dumps(state, separators=(",", ":")).encode()
+
+
+def stamp(fd: int, identity: str, pid: int, when: float) -> None:
+    """Record who committed this content and when, on the content itself."""
+    os.setxattr(fd, COMMIT_XATTR,
+                json.dumps({"id": identity, "pid": pid, "t": round(when, 6)},
+                           separators=(",", ":")).encode())
 
 
 def decode_state(raw: bytes) -> tuple[Persisted, Fingerprint | None]:

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 
 from fencefs.core.model import Persisted
-from fencefs.store.backing import STATE_XATTR, Backing, Fingerprint, encode_state
+from fencefs.store.backing import STATE_XATTR, Backing, Fingerprint, encode_state, stamp
+from fencefs.store.retention import RejectedIndex
 from fencefs.store.trash import Trash
 
 log = logging.getLogger("fencefs.store")
@@ -38,6 +39,8 @@ class Draft:
     path: str
     fd: int
     target: str
+    identity: str = "?"
+    pid: int = 0
 
     @property
     def name(self) -> str:
@@ -56,6 +59,8 @@ class Drafts:
         # installs rename from here onto a path the tree resolves
         self.dir_fd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.trash = Trash(backing.tree, os.path.join(backing.meta, "trash"))
+        # Every rejected write, oldest first, for retention (store/retention.py).
+        self.rejected = RejectedIndex(self.rejected_dir)
 
     # -- making drafts -----------------------------------------------------
 
@@ -71,7 +76,7 @@ class Drafts:
             os.close(fd)
             os.unlink(path)
             raise
-        return Draft(path, fd, target)
+        return Draft(path, fd, target, identity, pid)
 
     # -- committing --------------------------------------------------------
 
@@ -84,6 +89,8 @@ class Drafts:
         _copy_metadata(self.backing, draft.target, draft.fd)
         fp = Fingerprint.of(os.fstat(draft.fd))
         os.setxattr(draft.fd, STATE_XATTR, encode_state(persisted, fp))
+        # Who committed it and when: read back once this content is history.
+        stamp(draft.fd, draft.identity, draft.pid, time.time())
         if durable:
             os.fsync(draft.fd)
 
@@ -117,8 +124,17 @@ class Drafts:
         except OSError:
             pass
         os.rename(draft.path, dest)
+        self._rejected(name, draft.fd)
         close_quietly(draft.fd)
         return name
+
+    def _rejected(self, name: str, fd: int | None) -> None:
+        try:
+            size = os.fstat(fd).st_size if fd is not None else \
+                os.lstat(os.path.join(self.rejected_dir, name)).st_size
+        except OSError:
+            size = 0
+        self.rejected.add(name, size)
 
     def orphans(self) -> list[tuple[str, dict[str, object]]]:
         """Drafts left behind by a daemon that died."""
@@ -143,6 +159,7 @@ class Drafts:
         except OSError:
             pass  # the file is gone: the draft stays private (0600, the daemon's)
         os.rename(path, os.path.join(self.rejected_dir, name))
+        self._rejected(name, None)
         return name
 
 
@@ -160,8 +177,9 @@ def draft_label(target: str, identity: str, pid: int) -> bytes:
 
 
 def rejected_name(target: str, identity: str, reason: str) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    micros = f"{time.time_ns() // 1000 % 1_000_000:06d}"
+    now = time.time_ns()  # one reading: names sort in the order they were made
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 1_000_000_000))
+    micros = f"{now // 1000 % 1_000_000:06d}"
     who = _safe(identity)[:64]
     where = _safe(target.replace("/", "%2F"))
     name = f"{stamp}.{micros}Z.{reason}.{who}.{where}"
@@ -263,7 +281,9 @@ def _copy_metadata(backing: Backing, target: str, fd: int) -> None:
     except OSError:
         return
     for name in names:
-        if name.startswith("user.") and name not in (STATE_XATTR, DRAFT_XATTR):
+        # fencefs's own attributes (state, draft, commit) describe that
+        # content, not the next one.
+        if name.startswith("user.") and not name.startswith("user.fencefs."):
             try:
                 os.setxattr(fd, name, backing.tree.getxattr(target, name))
             except OSError:
