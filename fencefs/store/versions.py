@@ -46,6 +46,12 @@ log = logging.getLogger("fencefs.store")
 # Where the content to keep is: a (directory descriptor, name) pair that the
 # daemon's tree resolved without following a symlink (store/paths.py), or a
 # plain path (tests, tools).
+# A history location that cannot exist: gone, or deeper than PATH_MAX (a file
+# deeper than the history tree can mirror has no history; docs/guide.md).
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)
+_PATH_MAX = 4096
+
+
 Source = str | tuple[int, str]
 
 
@@ -122,6 +128,9 @@ class VersionStore:
         if not self.policy.history:
             return False
         dest = self.location(rel, version)
+        if len(os.fsencode(dest)) >= _PATH_MAX:
+            self.skipped += 1  # deeper than the history tree can mirror
+            return False
         try:
             for attempt in range(3):  # a trim may remove an emptied directory meanwhile
                 try:
@@ -291,7 +300,9 @@ class VersionStore:
         d = self.dir_of(rel)
         try:
             names = os.listdir(d)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError as e:
+            if e.errno not in _ABSENT:
+                raise
             return []
         found = []
         for name in names:
@@ -307,7 +318,9 @@ class VersionStore:
         """The version numbers retained for ``rel`` (names only: no reads)."""
         try:
             names = os.listdir(self.dir_of(rel))
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError as e:
+            if e.errno not in _ABSENT:
+                raise
             return []
         return sorted(int(n) for n in names if n.isdigit())
 
@@ -354,7 +367,9 @@ class VersionStore:
         d = self.dir_of(rel)
         try:
             names = os.listdir(d)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError as e:
+            if e.errno not in _ABSENT:
+                raise
             return None
         entries: list[tuple[int, float, int, str]] = []  # version, kept, size, location
         for name in names:
