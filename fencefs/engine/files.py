@@ -54,6 +54,9 @@ class FileTable:
         self.warm: OrderedDict[str, None] = OrderedDict()
         self.warm_files = max(1, warm_files)
         self.content_changed: ContentChanged = lambda path, ino: None
+        # Tells the kernel a name appeared or went away behind its back (a
+        # multi-file commit's install): it must drop a cached (negative) entry.
+        self.entry_changed: Callable[[str], None] = lambda path: None
         # The version a path with no state and no tombstone continues from
         # (its history's, see engine/history.py).
         self.floor: Callable[[str], int] = lambda path: 0

@@ -376,6 +376,7 @@ class Transactions:
             if not item.delete:
                 self.files.fingerprints[item.target] = Fingerprint.of(os.fstat(item.draft.fd))
             self.files.content_changed(item.target, None)
+            self.files.entry_changed(item.target)  # created or deleted: no cached entry
 
     def _reject(self, items: list[Item], caller: Caller, reason: str, txn: str,
                 refused: list[str] | None = None) -> None:

@@ -99,6 +99,7 @@ class FenceOperations(pyfuse3.Operations):
         self.files = FileTable(self.coord, self.backing, self.journaling, self.handles,
                                warm_files=warm_files)
         self.files.content_changed = self._content_changed
+        self.files.entry_changed = self._entry_changed
         self.writers = Writers(self.coord, self.drafts, self.journaling)
         self.readers = Readers(self.coord, self.files)
         self.commits = CommitEngine(self.coord, self.files, self.writers, self.drafts,
@@ -206,6 +207,15 @@ class FenceOperations(pyfuse3.Operations):
             pyfuse3.invalidate_inode(ino, attr_only=True)
         except OSError:
             pass  # the kernel no longer knows it: nothing cached
+
+    def _entry_changed(self, path: str) -> None:
+        """A name appeared or went away without a request of the kernel's
+        own: drop the entry (positive or negative) it may hold for it. The
+        async variant: this runs inside a handler (see style notes)."""
+        parent = self.inodes.ino_of(os.path.dirname(path))
+        if parent is not None:
+            pyfuse3.invalidate_entry_async(parent, os.fsencode(os.path.basename(path)),
+                                           ignore_enoent=True)
 
     def _lstat(self, rel: str) -> os.stat_result:
         try:
