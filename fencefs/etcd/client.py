@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,9 @@ try:
     import httpx
 except ImportError:  # pragma: no cover - the 'etcd' extra is missing
     httpx = None  # type: ignore[assignment]
+
+# httpx logs every request at INFO: far too chatty for a daemon's log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # gRPC status codes that mean "try again, maybe elsewhere": the member has no
 # leader, is stopping, or the proposal timed out (which may still apply).

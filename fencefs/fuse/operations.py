@@ -32,6 +32,7 @@ from fencefs.engine.journaling import Journaling
 from fencefs.engine.readers import Readers
 from fencefs.engine.shared import SharedFiles
 from fencefs.engine.writers import Writers
+from fencefs.etcd.engine import EtcdCoordination, EtcdSettings, host_prefix
 from fencefs.fuse import paths
 from fencefs.fuse.access import READ
 from fencefs.fuse.attributes import ControlAttributes
@@ -74,6 +75,7 @@ class FenceOperations(pyfuse3.Operations):
         sweep_after: float | None = None,
         warm_files: int = 8192,
         shared_globs: Sequence[str] = (),
+        etcd: EtcdSettings | None = None,
     ) -> None:
         super().__init__()
         self.backing = Backing(backing_root)
@@ -81,14 +83,21 @@ class FenceOperations(pyfuse3.Operations):
         self.journal = Journal(os.path.join(self.backing.meta, "journal.jsonl"))
         self.durable = durable
         self.sweep_after = sweep_after
-        self.coord = LocalCoordination(Coordinator(
-            max_observations=max_observations, default_policy=default_policy,
-            lease_ttl=lease_ttl, shared_globs=shared_globs))
+        core = Coordinator(max_observations=max_observations, default_policy=default_policy,
+                           lease_ttl=lease_ttl, shared_globs=shared_globs)
+        self.etcd: EtcdCoordination | None = None
+        if etcd is None:
+            self.coord: LocalCoordination = LocalCoordination(core)
+        else:  # across hosts: etcd decides (docs/multihost.md)
+            self.coord = self.etcd = EtcdCoordination(core, etcd, self.drafts.dir,
+                                                      self.backing.root)
+            self.drafts.prefix = host_prefix(etcd.host)
         self.journaling = Journaling(self.journal, self.backing, durable=durable)
         self.handles = HandleTable()
         self.files = FileTable(self.coord, self.backing, self.journaling, self.handles,
                                warm_files=warm_files)
         self.files.content_changed = self._content_changed
+        self.files.peers = etcd is not None
         self.writers = Writers(self.coord, self.drafts, self.journaling)
         self.readers = Readers(self.coord, self.files)
         self.commits = CommitEngine(self.coord, self.files, self.writers, self.drafts,
@@ -109,8 +118,27 @@ class FenceOperations(pyfuse3.Operations):
     # -- start-up and upkeep ---------------------------------------------------
 
     def recover(self) -> int:
-        """Put drafts orphaned by a crash away as abandoned writes."""
+        """Put drafts orphaned by a crash away as abandoned writes (across
+        hosts: later, by ``recover_across_hosts``, which asks etcd first)."""
+        if self.etcd is not None:
+            return 0
         return self.commits.recover()
+
+    async def recover_across_hosts(self) -> int:
+        """This host's orphaned drafts: rolled forward if etcd decided them,
+        put away otherwise (after fencing any transaction still in flight)."""
+        assert self.etcd is not None
+        orphans = [(path, str(meta.get("path", "?"))) for path, meta in self.drafts.orphans()]
+
+        def put_away(draft: str, target: str) -> None:
+            name = self.drafts.put_away(draft, target, "?", "abandoned")
+            self.journaling.record("abandoned", target, rejected=name,
+                                   reason="daemon-restart", draft=os.path.basename(draft))
+
+        count = await self.etcd.recover(orphans, put_away)
+        if count:
+            self.journal.sync()
+        return count
 
     async def maintain(self, interval: float = 2.0) -> None:
         """Background upkeep: drop claims of identities that have exited."""
