@@ -53,6 +53,8 @@ class LocalCluster:
     client_ports: tuple[int, ...] = DEFAULT_CLIENT_PORTS
     peer_ports: tuple[int, ...] = DEFAULT_PEER_PORTS
     token: str = "fencefs"
+    # members get SIGTERM when the process that started them dies (tests)
+    die_with_parent: bool = False
     _procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @property
@@ -117,7 +119,9 @@ class LocalCluster:
         log = open(self.base / f"{name}.log", "ab")
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True)
+                                    start_new_session=True,
+                                    preexec_fn=_die_with_parent if self.die_with_parent
+                                    else None)
         finally:
             log.close()
         self._procs[i] = proc
@@ -195,6 +199,13 @@ class LocalCluster:
             if st["leader"] not in ("", "0"):
                 leader = st["leader"]
         return ids.get(leader) if leader else None
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _wait_gone(pid: int, timeout: float) -> None:

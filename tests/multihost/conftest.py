@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fencefs.etcd.localcluster import LocalCluster, free_ports
+from tests.conftest import Mount, require_fuse
+
+HostsFactory = Callable[..., tuple[Mount, Mount]]
 
 
 def require_etcd() -> None:
@@ -30,7 +33,8 @@ def require_etcd() -> None:
 
 def _start(base: Path) -> LocalCluster:
     ports = free_ports(6)
-    cluster = LocalCluster(base, tuple(ports[:3]), tuple(ports[3:]), token=uuid.uuid4().hex)
+    cluster = LocalCluster(base, tuple(ports[:3]), tuple(ports[3:]), token=uuid.uuid4().hex,
+                           die_with_parent=True)
     try:
         cluster.start()
     except BaseException:
@@ -63,3 +67,44 @@ def own_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]
 @pytest.fixture
 def prefix() -> bytes:
     return f"/t-{uuid.uuid4().hex[:12]}/".encode()
+
+
+def _hosts(tmp_path: Path, cluster: LocalCluster) -> Iterator[HostsFactory]:
+    require_fuse()
+    made: list[Mount] = []
+    name = f"t{uuid.uuid4().hex[:10]}"
+    backing = tmp_path / "backing"
+    backing.mkdir()
+
+    def make(*extra: str, endpoints: str | None = None) -> tuple[Mount, Mount]:
+        pair = []
+        for host in ("A", "B"):
+            base = tmp_path / host
+            base.mkdir()
+            m = Mount(base, "--etcd", endpoints or cluster.endpoints, "--cluster", name,
+                      "--host-id", f"host-{host}", *extra)
+            m.backing = backing
+            m.start()
+            made.append(m)
+            pair.append(m)
+        return pair[0], pair[1]
+
+    yield make
+    for m in made:
+        m.stop()
+    for m in made:
+        log = m.log()
+        assert "Traceback" not in log and " ERROR " not in log, f"daemon logged errors:\n{log}"
+
+
+@pytest.fixture
+def hosts(tmp_path: Path, etcd: LocalCluster) -> Iterator[HostsFactory]:
+    """make(*extra) -> (A, B): two daemons ("hosts") over one backing directory,
+    on the session's etcd, under a cluster name of their own."""
+    yield from _hosts(tmp_path, etcd)
+
+
+@pytest.fixture
+def own_hosts(tmp_path: Path, own_etcd: LocalCluster) -> Iterator[HostsFactory]:
+    """As ``hosts``, on an etcd of the test's own (``own_etcd``: it may kill members)."""
+    yield from _hosts(tmp_path, own_etcd)

@@ -15,51 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from fencefs.etcd.localcluster import LocalCluster
-from tests.conftest import Mount, require_fuse
+from tests.conftest import Mount
 
-HostsFactory = Callable[..., tuple[Mount, Mount]]
-
-
-def _clean(m: Mount) -> None:
-    log = m.log()
-    assert "Traceback" not in log and " ERROR " not in log, f"daemon logged errors:\n{log}"
-
-
-@pytest.fixture
-def hosts(tmp_path: Path, etcd: LocalCluster) -> Iterator[HostsFactory]:
-    """make(*extra) -> (A, B): two mounts of one backing, one cluster name per test."""
-    require_fuse()
-    made: list[Mount] = []
-    cluster = f"t{uuid.uuid4().hex[:10]}"
-    backing = tmp_path / "backing"
-    backing.mkdir()
-
-    def make(*extra: str, endpoints: str | None = None) -> tuple[Mount, Mount]:
-        pair = []
-        for name in ("A", "B"):
-            base = tmp_path / name
-            base.mkdir()
-            m = Mount(base, "--etcd", endpoints or etcd.endpoints, "--cluster", cluster,
-                      "--host-id", f"host-{name}", *extra)
-            m.backing = backing
-            m.start()
-            made.append(m)
-            pair.append(m)
-        return pair[0], pair[1]
-
-    yield make
-    for m in made:
-        m.stop()
-    for m in made:
-        _clean(m)
-
+HostsFactory = Callable[..., tuple[Mount, Mount]]   # the hosts fixture (conftest.py)
 
 def read(path: str) -> str:
     with open(path) as f:

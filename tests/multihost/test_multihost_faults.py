@@ -1,0 +1,182 @@
+"""Faults across hosts, on real processes: etcd members killed, all of etcd
+down, bad mount input. Each test has an etcd of its own (``own_etcd``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fencefs.etcd.localcluster import LocalCluster, free_ports
+from tests.conftest import Mount
+
+HostsFactory = Callable[..., tuple[Mount, Mount]]   # the hosts fixtures (conftest.py)
+
+UNREACHABLE = errno.EHOSTUNREACH
+
+INCREMENT = r"""
+import os, sys, errno, time
+path, n = sys.argv[1], int(sys.argv[2])
+done = retries = 0
+while done < n:
+    try:
+        with open(path) as f:
+            value = int(f.read() or 0)
+        with open(path, "w") as f:
+            f.write(str(value + 1))
+        done += 1
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EHOSTUNREACH):
+            raise
+        retries += 1
+        time.sleep(0.01)
+print(done, retries)
+"""
+
+
+def test_all_etcd_down_commit_is_unreachable_then_resumes(own_hosts: HostsFactory,
+                                                          own_etcd: LocalCluster) -> None:
+    a, b = own_hosts()
+    a.seed("f", "committed\n")
+    fd = os.open(a.path("f"), os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"undecidable bytes")
+    own_etcd.stop()                               # every member down
+    try:
+        with pytest.raises(OSError) as info:
+            os.close(fd)
+        assert info.value.errno == UNREACHABLE
+        assert info.value.errno not in (errno.EAGAIN, errno.ESTALE, errno.EBUSY)
+        # unchanged everywhere; reads of committed content keep working
+        for m in (a, b):
+            with open(m.path("f")) as f:
+                assert f.read() == "committed\n"
+            assert os.getxattr(m.path("f"), "user.fencefs.version") == b"1"
+        names = a.rejected()
+        assert len(names) == 1 and "unreachable" in names[0]
+        assert (a.backing / ".fencefs" / "rejected" / names[0]).read_bytes() == \
+            b"undecidable bytes"
+        # a new write cannot even be opened: the claim needs etcd
+        with pytest.raises(OSError) as info:
+            open(b.path("f"), "w")
+        assert info.value.errno == UNREACHABLE
+    finally:
+        own_etcd.start()
+    b.seed("f", "after etcd is back\n")
+    with open(a.path("f")) as f:
+        assert f.read() == "after etcd is back\n"
+    assert os.getxattr(a.path("f"), "user.fencefs.version") == b"2"
+
+
+def test_leader_killed_mid_run_counter_exact(own_hosts: HostsFactory,
+                                             own_etcd: LocalCluster) -> None:
+    """Four incrementers (two per host) on one counter; the etcd leader is
+    SIGKILLed in the middle. No acknowledged increment is lost, none counted
+    twice (the final value is exactly the sum), and commits resume."""
+    a, b = own_hosts()
+    a.seed("counter", "0")
+    n = 15
+    procs = [subprocess.Popen([sys.executable, "-c", INCREMENT, m.path("counter"), str(n)],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "FENCEFS_AGENT": f"inc-{i}"})
+             for i, m in enumerate((a, b, a, b))]
+    # kill the leader once some commits landed (evidence: the version moved)
+    deadline = time.monotonic() + 60
+    while int(os.getxattr(a.path("counter"), "user.fencefs.version")) < 8:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    leader = own_etcd.leader()
+    assert leader is not None
+    killed_at = time.monotonic()
+    own_etcd.stop_member(leader, signal.SIGKILL)
+    before = int(os.getxattr(a.path("counter"), "user.fencefs.version"))
+    while int(os.getxattr(a.path("counter"), "user.fencefs.version")) <= before + 1:
+        assert time.monotonic() < deadline, "no commit after the leader was killed"
+        time.sleep(0.01)
+    gap = time.monotonic() - killed_at
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        results.append(tuple(int(x) for x in out.split()))
+    assert all(done == n for done, _ in results)
+    with open(b.path("counter")) as f:
+        assert int(f.read()) == 4 * n
+    print(f"commits resumed {gap:.2f} s after the leader was killed; retries "
+          f"{[r for _, r in results]}")
+    own_etcd.start_member(leader)
+
+
+def _fencefs(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fencefs.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def _one_line_exit_2(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fencefs: "), proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("urls,cluster,words", [
+    ("127.0.0.1:2379", "fencefs", ["URL"]),
+    ("http://127.0.0.1:2379,", "fencefs", ["empty"]),
+    ("http://127.0.0.1:notaport", "fencefs", ["port"]),
+    ("URLS", "a/b", ["URL"]),
+    (None, "a/b", ["'/'"]),
+])
+def test_bad_etcd_input_is_refused(tmp_path: Path, etcd: LocalCluster, urls: str | None,
+                                   cluster: str, words: list[str]) -> None:
+    backing, mnt = tmp_path / "b", tmp_path / "m"
+    backing.mkdir()
+    mnt.mkdir()
+    proc = _fencefs("mount", "--etcd", urls or etcd.endpoints, "--cluster", cluster,
+                    str(backing), str(mnt))
+    _one_line_exit_2(proc, *words)
+    assert list(backing.iterdir()) == []          # nothing written
+
+
+def test_unreachable_etcd_refuses_the_mount(tmp_path: Path) -> None:
+    backing, mnt = tmp_path / "b", tmp_path / "m"
+    backing.mkdir()
+    mnt.mkdir()
+    dead = ",".join(f"http://127.0.0.1:{p}" for p in free_ports(3))
+    proc = _fencefs("mount", "--etcd", dead, str(backing), str(mnt))
+    _one_line_exit_2(proc, "unreachable")
+    assert list(backing.iterdir()) == []
+
+
+def test_backing_of_another_cluster_is_refused(hosts: HostsFactory, tmp_path: Path,
+                                               etcd: LocalCluster) -> None:
+    a, _ = hosts()
+    mnt = tmp_path / "other-mnt"
+    mnt.mkdir()
+    before = sorted(p.name for p in (a.backing / ".fencefs").iterdir())
+    proc = _fencefs("mount", "--etcd", etcd.endpoints, "--cluster",
+                    f"other{uuid.uuid4().hex[:8]}", str(a.backing), str(mnt))
+    _one_line_exit_2(proc, "belongs to fencefs cluster")
+    assert sorted(p.name for p in (a.backing / ".fencefs").iterdir()) == before
+    # and a second backing directory for the same cluster
+    other = tmp_path / "other-backing"
+    other.mkdir()
+    cluster = a.extra[a.extra.index("--cluster") + 1]
+    proc = _fencefs("mount", "--etcd", etcd.endpoints, "--cluster", cluster, str(other),
+                    str(mnt))
+    _one_line_exit_2(proc, "another backing directory")
+    assert list(other.iterdir()) == []
+
+
+def test_options_need_etcd(tmp_path: Path) -> None:
+    proc = _fencefs("mount", "--cluster", "x", str(tmp_path), str(tmp_path))
+    _one_line_exit_2(proc, "needs --etcd")
+
+
