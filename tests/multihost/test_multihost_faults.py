@@ -180,3 +180,51 @@ def test_options_need_etcd(tmp_path: Path) -> None:
     _one_line_exit_2(proc, "needs --etcd")
 
 
+
+
+def test_host_killed_between_decision_and_rename_is_rolled_forward(
+        own_hosts: HostsFactory) -> None:
+    """A's daemon is SIGKILLed after etcd decided its commit and before the
+    rename (strace kills it at the commit's journal write, which comes after
+    the transaction and before the rename). Host B rolls the file forward:
+    it ends at the decided version with the decided bytes; B's own write
+    then rests on it."""
+    import shutil
+
+    if shutil.which("strace") is None:
+        if os.environ.get("CI"):
+            pytest.fail("strace is missing (scripts/setup installs it)")
+        pytest.skip("needs strace")
+    a, b = own_hosts()
+    a.seed("plan.md", "v1\n")
+    assert a.proc is not None
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(a.proc.pid), "-o",
+                               os.devnull, "-e", "trace=write",
+                               "-e", "inject=write:signal=KILL"], stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached to every thread
+    try:
+        with open(a.path("plan.md"), "w") as f:
+            f.write("v2 decided by A\n")
+    except OSError:
+        pass  # the daemon died under the close
+    a.proc.wait(timeout=10)
+    assert a.proc.returncode == -9
+    tracer.wait(timeout=10)
+    subprocess.run(["fusermount3", "-u", "-z", str(a.mnt)], capture_output=True)
+    if a.proc.stderr:
+        a.proc.stderr.close()
+    a.proc = None
+    # etcd has v2; the backing still has v1 and the decided draft in drafts/
+    assert (b.backing / "plan.md").read_text() == "v1\n"
+    assert len(os.listdir(b.backing / ".fencefs" / "drafts")) == 1
+    with open(b.path("plan.md"), "a") as f:     # B looks at the file to write it
+        f.write("v3 by B\n")
+    with open(b.path("plan.md")) as f:
+        assert f.read() == "v2 decided by A\nv3 by B\n"
+    assert os.getxattr(b.path("plan.md"), "user.fencefs.version") == b"3"
+    assert os.listdir(b.backing / ".fencefs" / "drafts") == []
+    # A comes back: nothing of its own is left to recover, nothing put away
+    a.start()
+    with open(a.path("plan.md")) as f:
+        assert f.read() == "v2 decided by A\nv3 by B\n"
+    assert a.rejected() == []
