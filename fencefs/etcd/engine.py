@@ -204,16 +204,33 @@ class EtcdCoordination(LocalCoordination):
                 file.epoch = max(file.epoch, view.epoch)
             self._rev[path] = (view.version, view.revision)
 
+    def _learn_epoch(self, path: str, view: co.View) -> None:
+        """After a refusal: take the newer epoch (more fencing is safe), but
+        not the version: the record may be ahead of the installed file, and
+        only ``refresh`` (which waits for or makes the install) may move it."""
+        with atomic():
+            file = self.core.get(path)
+            if file is not None:
+                file.epoch = max(file.epoch, view.epoch)
+
     async def _roll_forward(self, view: co.View) -> None:
+        """Make the installed file the record's before anyone rests on it.
+
+        A decided draft still in drafts/ is being installed by the host that
+        decided it (this one too: another request's commit between its
+        transaction and its rename): wait for that, then, after
+        ``ROLL_GRACE``, install it ourselves (a dead or frozen host). Taking
+        the record's version while the file still holds the one before would
+        let a reader be served old content under the new version: a lost
+        update (specs/MultiHost.tla, mutant NoRollForward)."""
         rec = view.record
         if rec is None or not rec.content:
             return
         draft = os.path.join(self.drafts_dir, rec.content)
-        deadline = trio.current_time() + (0 if rec.host == self.host else ROLL_GRACE)
+        deadline = trio.current_time() + ROLL_GRACE
         while os.path.exists(draft) and trio.current_time() < deadline:
-            await trio.sleep(0.01)   # the deciding host installs it in a moment
-        action = co.roll_forward_action(rec, "", os.path.exists(draft))
-        if action is co.Roll.INSTALL and rec.host != self.host:
+            await trio.sleep(0.005)
+        if co.roll_forward_action(rec, "", os.path.exists(draft)) is co.Roll.INSTALL:
             try:
                 os.rename(draft, os.path.join(self.backing_root, view.path))
                 log.warning("rolled %s forward to v%d (decided by %s, not installed)",
@@ -315,7 +332,7 @@ class EtcdCoordination(LocalCoordination):
                                  rested_epoch=claim.epoch) from e
         if decision.outcome is co.Outcome.COMMITTED:
             return result[0]
-        self._sync(claim.path, decision.view)
+        self._learn_epoch(claim.path, decision.view)
         error = decision.error(eclaim)
         assert error is not None
         raise error
@@ -361,7 +378,7 @@ class EtcdCoordination(LocalCoordination):
             raise co.Unreachable(path) from e
         if decision.outcome is co.Outcome.COMMITTED:
             return result[0]
-        self._sync(path, decision.view)
+        self._learn_epoch(path, decision.view)
         refusal = decision.error(eclaim)
         assert refusal is not None
         raise refusal
