@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import pytest
 
+from fencefs.etcd.localcluster import LocalCluster
 from tests.conftest import Mount
 
 HostsFactory = Callable[..., tuple[Mount, Mount]]   # the hosts fixture (conftest.py)
@@ -205,3 +206,59 @@ def test_frozen_host_loses_its_hold_and_is_fenced(hosts: HostsFactory) -> None:
     names = a.rejected()
     assert len(names) == 1
     assert (a.backing / ".fencefs" / "rejected" / names[0]).read_text() == "stale from A"
+
+
+def test_refused_commit_never_labels_old_content_with_the_new_version(
+        hosts: HostsFactory, etcd: LocalCluster) -> None:
+    """B's commit is decided in etcd but not yet installed (strace holds B's
+    daemon at the commit's journal write, between the transaction and the
+    rename). Meanwhile A's writer is refused (EAGAIN) and A's reader reads the
+    old content: that read must rest on the old version, so the reader's
+    rewrite after B's install is EAGAIN, not a lost update. (Regression: the
+    refusal used to take the record's version for A's view.)"""
+    import shutil
+    import threading
+
+    if shutil.which("strace") is None:
+        if os.environ.get("CI"):
+            pytest.fail("strace is missing (scripts/setup installs it)")
+        pytest.skip("needs strace")
+    a, b = hosts()
+    a.seed("c", "0")
+    stale = os.open(a.path("c"), os.O_WRONLY | os.O_TRUNC)      # rests on v1
+    assert b.proc is not None
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(b.proc.pid), "-o",
+                               os.devnull, "-e", "trace=write",
+                               "-e", "inject=write:delay_enter=4000000:when=1"],
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # attached to every thread
+        done = threading.Thread(target=lambda: b.seed("c", "1 from B"))
+        done.start()
+        cluster = a.extra[a.extra.index("--cluster") + 1]
+        deadline = time.monotonic() + 20
+        while b'"v":2' not in subprocess.run(
+                ["etcdctl", f"--endpoints={etcd.endpoints}", "get", f"/{cluster}/f/c",
+                 "--print-value-only"], capture_output=True,
+                env={**os.environ, "ETCDCTL_API": "3"}).stdout:
+            assert time.monotonic() < deadline, "B's commit was never decided"
+            time.sleep(0.02)
+        os.write(stale, b"stale")
+        with pytest.raises(OSError) as info:
+            os.close(stale)
+        assert info.value.errno == errno.EAGAIN
+        env = {**os.environ, "FENCEFS_AGENT": "reader"}
+        seen = subprocess.run(["cat", a.path("c")], capture_output=True, text=True,
+                              env=env).stdout
+        done.join(timeout=30)
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=10)
+    assert read(a.path("c")) == "1 from B"
+    code = ("import sys\ntry:\n    open(sys.argv[1], 'w').write(sys.argv[2])\n"
+            "except OSError as e:\n    print(e.errno)\n")
+    out = subprocess.run([sys.executable, "-c", code, a.path("c"), f"{seen} + 1"],
+                         capture_output=True, text=True, env=env)
+    if seen == "0":   # read before B's install: its rewrite must be refused
+        assert out.stdout.strip() == str(errno.EAGAIN), read(a.path("c"))
+        assert read(a.path("c")) == "1 from B"
