@@ -97,6 +97,10 @@ def serve(
         reason = trio.run(check_mount, etcd, ops.backing.root, True)
         if reason is not None:
             raise MountFailed(f"cannot mount across hosts: {reason}")
+        # this host's drafts from its previous life, before any request
+        mine = trio.run(ops.recover_across_hosts)
+        if mine:
+            log.warning("put away %d draft(s) left by this host's earlier daemon", mine)
     # (the pid file's name looks at the mount point: before it is mounted)
     pidfile = pid_file(ops.backing.root, mountpoint if etcd is not None else None)
     if recovered:
@@ -209,10 +213,6 @@ async def _main(ops: FenceOperations, ready_fd: int | None, upkeep_interval: flo
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
         if ops.etcd is not None:
             await nursery.start(ops.etcd.run)
-            recovered = await ops.recover_across_hosts()
-            if recovered:
-                log.warning("put away %d draft(s) left by this host's earlier daemon",
-                            recovered)
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)

@@ -37,9 +37,11 @@ from fencefs.core.coordinator import decide
 from fencefs.core.model import EXCLUSIVE
 from fencefs.engine.atomic import atomic
 from fencefs.engine.coordination import Install, LocalCoordination
+from fencefs.engine.journaling import Journaling
 from fencefs.etcd import coordination as co
 from fencefs.etcd.client import EtcdClient, EtcdError, EtcdUnreachable, LeaseNotFound, Put
 from fencefs.etcd.keys import Holder, Layout, Marker, Record
+from fencefs.store.drafts import Drafts
 
 log = logging.getLogger("fencefs.etcd")
 
@@ -397,6 +399,29 @@ class EtcdCoordination(LocalCoordination):
         return epoch
 
     # -- start-up ----------------------------------------------------------------------
+
+    async def recover_drafts(self, drafts: Drafts, journaling: Journaling) -> int:
+        """This host's drafts orphaned by its previous life (see ``recover``);
+        those put away are journaled as ``abandoned``."""
+        orphans = [(path, str(meta.get("path", "?"))) for path, meta in drafts.orphans()]
+
+        def put_away(draft: str, target: str) -> None:
+            name = drafts.put_away(draft, target, "?", "abandoned")
+            journaling.record("abandoned", target, rejected=name, reason="daemon-restart",
+                              draft=os.path.basename(draft))
+
+        if self.client is None:   # before the mount: a client of its own
+            async with self.settings.client() as client:
+                self.client = client
+                try:
+                    count = await self.recover(orphans, put_away)
+                finally:
+                    self.client = None
+        else:
+            count = await self.recover(orphans, put_away)
+        if count:
+            journaling.journal.sync()
+        return count
 
     async def recover(self, orphans: list[tuple[str, str]],
                       put_away: Callable[[str, str], None]) -> int:

@@ -125,20 +125,9 @@ class FenceOperations(pyfuse3.Operations):
         return self.commits.recover()
 
     async def recover_across_hosts(self) -> int:
-        """This host's orphaned drafts: rolled forward if etcd decided them,
-        put away otherwise (after fencing any transaction still in flight)."""
+        """This host's orphaned drafts, with etcd (``EtcdCoordination.recover``)."""
         assert self.etcd is not None
-        orphans = [(path, str(meta.get("path", "?"))) for path, meta in self.drafts.orphans()]
-
-        def put_away(draft: str, target: str) -> None:
-            name = self.drafts.put_away(draft, target, "?", "abandoned")
-            self.journaling.record("abandoned", target, rejected=name,
-                                   reason="daemon-restart", draft=os.path.basename(draft))
-
-        count = await self.etcd.recover(orphans, put_away)
-        if count:
-            self.journal.sync()
-        return count
+        return await self.etcd.recover_drafts(self.drafts, self.journaling)
 
     async def maintain(self, interval: float = 2.0) -> None:
         """Background upkeep: drop claims of identities that have exited."""
