@@ -255,3 +255,119 @@ def test_host_killed_between_decision_and_rename_is_rolled_forward(
     with open(a.path("plan.md")) as f:
         assert f.read() == "v2 decided by A\nv3 by B\n"
     assert a.rejected() == []
+
+
+class Proxy:
+    """A TCP proxy on loopback in front of one etcd member; ``cut`` makes it
+    refuse new connections and drop open ones (a partition), ``heal`` undoes."""
+
+    def __init__(self, upstream: int) -> None:
+        import socket
+        import threading
+
+        self.upstream = upstream
+        self.port = free_ports(1)[0]
+        self.open: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.heal()
+
+    def heal(self) -> None:
+        import socket
+        import threading
+
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        self.listener = s
+        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, s: object) -> None:
+        import socket
+        import threading
+
+        assert isinstance(s, socket.socket)
+        while True:
+            try:
+                client, _ = s.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: object, b: object) -> None:
+        import socket
+
+        assert isinstance(a, socket.socket) and isinstance(b, socket.socket)
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for x in (a, b):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        import socket
+
+        assert self.listener is not None
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept()
+        except OSError:
+            pass
+        self.listener.close()
+        with self.lock:
+            for s in self.open:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self.open = []
+
+
+def test_one_host_partitioned_from_etcd(own_hosts: HostsFactory,
+                                        own_etcd: LocalCluster) -> None:
+    """Host A reaches etcd only through proxies; cutting them partitions A
+    while B goes on. A's commit fails with EHOSTUNREACH (file unchanged, bytes
+    in rejected/), B commits meanwhile; healed, A sees B's version and commits."""
+    proxies = [Proxy(port) for port in own_etcd.client_ports]
+    via = ",".join(f"http://127.0.0.1:{p.port}" for p in proxies)
+    a = b = None
+    try:
+        a, b = own_hosts(endpoints=via)      # both mount through the proxies ...
+        b.stop()                             # ... then B comes back direct to etcd
+        b.extra[b.extra.index("--etcd") + 1] = own_etcd.endpoints
+        b.start()
+        a.seed("f", "v1\n")
+        fd = os.open(a.path("f"), os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, b"from the partitioned host")
+        for p in proxies:
+            p.cut()
+        with pytest.raises(OSError) as info:
+            os.close(fd)
+        assert info.value.errno == UNREACHABLE
+        b.seed("f", "v2 from B\n")           # the rest of the cluster goes on
+        with open(a.path("f")) as f:         # A still reads installed content
+            assert f.read() == "v2 from B\n"
+        assert [n for n in a.rejected() if "unreachable" in n]
+    finally:
+        for p in proxies:
+            if p.listener is not None and p.listener.fileno() == -1:
+                p.heal()
+    a.seed("f", "v3 from A, healed\n")
+    with open(b.path("f")) as f:
+        assert f.read() == "v3 from A, healed\n"
+    assert os.getxattr(b.path("f"), "user.fencefs.version") == b"3"
