@@ -9,11 +9,12 @@ import json
 import logging
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fencefs import cli_history, snapcli, wire
 from fencefs.mounting import (
@@ -37,6 +38,52 @@ def shared_globs(args: argparse.Namespace) -> list[str]:
 
     defaults = [] if args.no_default_shared_globs else list(DEFAULT_SHARED_GLOBS)
     return defaults + list(args.shared_glob)
+
+
+def etcd_settings(args: argparse.Namespace) -> Any:
+    """The --etcd options, checked (bad input: UsageError); None without --etcd."""
+    if args.etcd is None:
+        for name in ("cluster", "host_id", "etcd_cacert", "etcd_cert", "etcd_key",
+                     "etcd_user"):
+            if getattr(args, name) is not None:
+                raise UsageError(f"--{name.replace('_', '-')} needs --etcd")
+        return None
+    from fencefs.etcd.client import parse_urls
+    from fencefs.etcd.engine import EtcdSettings
+    from fencefs.etcd.keys import check_cluster_name, check_host_id
+
+    try:
+        urls = parse_urls(args.etcd)
+        cluster = check_cluster_name(args.cluster if args.cluster is not None else "fencefs")
+        host = check_host_id(args.host_id if args.host_id is not None else
+                             f"{socket.gethostname()}:{os.path.realpath(args.mountpoint)}")
+    except ValueError as e:
+        raise UsageError(f"--etcd: {e}") from None
+    for name in ("etcd_cacert", "etcd_cert", "etcd_key"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"--{name.replace('_', '-')}: no such file: {path}")
+    if (args.etcd_cert is None) != (args.etcd_key is None):
+        raise UsageError("--etcd-cert and --etcd-key go together")
+    user = password = None
+    if args.etcd_user is not None:
+        user, _, password = args.etcd_user.partition(":")
+        password = password or os.environ.get("FENCEFS_ETCD_PASSWORD", "")
+    return EtcdSettings(urls, cluster, host, args.etcd_cacert, args.etcd_cert, args.etcd_key,
+                        user, password)
+
+
+def check_etcd_mount(settings: Any, backing: str) -> None:
+    """Before anything is written: etcd answers and the backing is this cluster's."""
+    if not os.path.isdir(backing):
+        return  # validate_mount says what is wrong with it
+    import trio
+
+    from fencefs.etcd.engine import check_mount
+
+    reason = trio.run(check_mount, settings, os.path.realpath(backing), False)
+    if reason is not None:
+        raise UsageError(reason)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -81,6 +128,9 @@ def _mount(args: argparse.Namespace) -> int:
     missing = cli_history.check_metrics_available(args)
     if missing:
         raise UsageError(missing)
+    etcd = etcd_settings(args)
+    if etcd is not None:
+        check_etcd_mount(etcd, args.backing)
     backing, mountpoint = validate_mount(args.backing, args.mountpoint)
     check_fuse(args.allow_other)
     if args.foreground:
@@ -96,7 +146,8 @@ def _mount(args: argparse.Namespace) -> int:
                          lease_ttl=args.lease_ttl, wait=args.wait,
                          sweep_after=args.sweep_after, shared_globs=shared_globs(args),
                          kernel_options=kernel,
-                         retention=cli_history.retention_of(args), metrics=args.metrics)
+                         retention=cli_history.retention_of(args), metrics=args.metrics,
+                         etcd=etcd)
         except MountFailed as e:
             raise UsageError(str(e)) from None
     read_fd, write_fd = os.pipe()
@@ -115,6 +166,12 @@ def _mount(args: argparse.Namespace) -> int:
     if args.no_default_shared_globs:
         command.append("--no-default-shared-globs")
     command += cli_history.mount_argv(args)
+    if etcd is not None:
+        command += ["--etcd", ",".join(etcd.urls), "--cluster", etcd.cluster,
+                    "--host-id", etcd.host]
+        for name in ("etcd_cacert", "etcd_cert", "etcd_key", "etcd_user"):
+            if getattr(args, name) is not None:
+                command += [f"--{name.replace('_', '-')}", getattr(args, name)]
     if args.debug:
         command.append("--debug")
     if args.allow_other:
@@ -192,7 +249,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     if found is None or found[0] != "fuse.fencefs":
         raise UsageError(f"{args.mountpoint} is not a fencefs mount")
     backing = found[1]
-    pid = _daemon_pid(backing)
+    pid = _daemon_pid(backing, mountpoint)
     result = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
     if result.returncode != 0:
         raise UsageError(f"could not unmount {mountpoint}: {result.stderr.strip()}")
@@ -205,12 +262,16 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _daemon_pid(backing: str) -> int | None:
-    try:
-        with open(os.path.join(backing, ".fencefs", "daemon.pid")) as f:
-            return int(f.readline())
-    except (OSError, ValueError):
-        return None
+def _daemon_pid(backing: str, mountpoint: str) -> int | None:
+    from fencefs.daemon import pid_file
+
+    for path in (pid_file(backing, mountpoint), pid_file(backing)):  # --etcd: per mount
+        try:
+            with open(path) as f:
+                return int(f.readline())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -416,6 +477,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-default-shared-globs", action="store_true",
                    help="do not apply the default shared set (SQLite's *.db, *.sqlite, "
                         "*.sqlite3 and their -wal, -shm, -journal files)")
+    m.add_argument("--etcd", metavar="URLS",
+                   help="coordinate across hosts through etcd: comma-separated client URLs "
+                        "(docs/multihost.md)")
+    m.add_argument("--cluster", metavar="NAME",
+                   help="with --etcd: the key prefix of this namespace (default fencefs)")
+    m.add_argument("--host-id", metavar="ID",
+                   help="with --etcd: this host's name in claims, journals and status "
+                        "(default HOSTNAME:MOUNTPOINT)")
+    m.add_argument("--etcd-cacert", metavar="FILE", help="with --etcd: CA bundle (https)")
+    m.add_argument("--etcd-cert", metavar="FILE", help="with --etcd: client certificate")
+    m.add_argument("--etcd-key", metavar="FILE", help="with --etcd: client key")
+    m.add_argument("--etcd-user", metavar="USER[:PASSWORD]",
+                   help="with --etcd: etcd authentication (password also from "
+                        "$FENCEFS_ETCD_PASSWORD)")
     m.add_argument("--max-observations", type=int, default=100_000,
                    help="cap on remembered read claims (default 100000; oldest dropped)")
     cli_history.add_mount_options(m)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import resource
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 import pyfuse3
 import trio
 
+from fencefs.etcd.engine import EtcdSettings, check_mount
 from fencefs.fuse.identity import mount_id_of
 from fencefs.fuse.operations import FenceOperations
 from fencefs.metrics import Metrics
@@ -43,8 +45,13 @@ def mount_options(backing: str, *, allow_other: bool, debug: bool,
     return options
 
 
-def pid_file(backing: str) -> str:
-    return os.path.join(backing, ".fencefs", "daemon.pid")
+def pid_file(backing: str, mountpoint: str | None = None) -> str:
+    """The daemon's pid file; across hosts (several daemons share the
+    backing's .fencefs/) one per mount point."""
+    if mountpoint is None:
+        return os.path.join(backing, ".fencefs", "daemon.pid")
+    tag = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:12]
+    return os.path.join(backing, ".fencefs", f"daemon-{tag}.pid")
 
 
 def serve(
@@ -68,6 +75,7 @@ def serve(
     lock_backing: bool = True,
     retention: Retention | None = None,
     metrics: tuple[str, int] | None = None,
+    etcd: EtcdSettings | None = None,
 ) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns exit code.
     Raises MountFailed if the mount cannot be made.
@@ -81,18 +89,28 @@ def serve(
     # Nodes are made with exactly the mode the caller's kernel passed (its
     # umask already applied): the daemon's own umask must not mask it again.
     os.umask(0)
-    lock = _lock_backing(backing) if lock_backing else None
+    lock = _lock_backing(backing) if lock_backing and etcd is None else None
     try:
         ops = FenceOperations(backing, durable=durable, scope=scope,
                               max_observations=max_observations, default_policy=policy,
                               lease_ttl=lease_ttl, wait=wait, sweep_after=sweep_after,
                               warm_files=warm_files, shared_globs=shared_globs,
-                              retention=retention)
+                              retention=retention, etcd=etcd)
         recovered = ops.recover()
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise MountFailed(f"backing directory {backing} is not usable: "
                           f"{e.strerror}{where}") from None
+    if etcd is not None:
+        reason = trio.run(check_mount, etcd, ops.backing.root, True)
+        if reason is not None:
+            raise MountFailed(f"cannot mount across hosts: {reason}")
+        # this host's drafts from its previous life, before any request
+        mine = trio.run(ops.recover_across_hosts)
+        if mine:
+            log.warning("put away %d draft(s) left by this host's earlier daemon", mine)
+    # (the pid file's name looks at the mount point: before it is mounted)
+    pidfile = pid_file(ops.backing.root, mountpoint if etcd is not None else None)
     if recovered:
         log.warning("put away %d draft(s) left by an earlier daemon", recovered)
     exporter = None
@@ -107,8 +125,7 @@ def serve(
     _init_fuse(ops, mountpoint, mount_options(ops.backing.root, allow_other=allow_other,
                                               debug=debug, kernel_options=kernel_options))
     ops.mount_id = mount_id_of(mountpoint)
-    with open(os.open(pid_file(ops.backing.root), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                      0o644), "w") as f:
+    with open(os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w") as f:
         f.write(f"{os.getpid()}\n{os.path.abspath(mountpoint)}\n")
     clean = False
     try:
@@ -125,7 +142,7 @@ def serve(
         ops.history.flush_drops(force=True)  # retention drops not journaled yet
         ops.journal.close()
         try:
-            os.unlink(pid_file(ops.backing.root))
+            os.unlink(pidfile)
         except OSError:
             pass
         if lock is not None:
@@ -220,6 +237,8 @@ async def _main(ops: FenceOperations, ready_fd: int | None, upkeep_interval: flo
         nursery.start_soon(_serve_fuse, nursery.cancel_scope)
         nursery.start_soon(ops.maintain, upkeep_interval)
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        if ops.etcd is not None:
+            await nursery.start(ops.etcd.run)
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)

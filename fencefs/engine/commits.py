@@ -184,7 +184,7 @@ class CommitEngine:
         install = self._installer(handle, draft, file, predicted, claim.version)
         try:
             with self.writers.failing_on_io(handle, "commit"):
-                version = await self.coord.commit(claim, install)
+                version = await self.coord.commit(claim, install, draft.name)
         except FenceError as e:
             self.writers.reject(handle, e, op="commit")
             raise
@@ -255,7 +255,7 @@ class CommitEngine:
             try:
                 self.journaling.room()
                 version = await self.coord.commit(
-                    claim, self._append_installer(handle, file, combined, seen))
+                    claim, self._append_installer(handle, file, combined, seen), combined.name)
             except FenceError as e:
                 self.drafts.discard(combined)
                 self.writers.reject(handle, e, op="append")

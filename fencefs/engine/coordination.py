@@ -73,7 +73,7 @@ class Coordination(Protocol):
     async def open_write(self, path: str, identity: str, pid: int, *, rewrite: bool,
                          append: bool, now: float,
                          persist_epoch: Callable[[int], None]) -> Claim: ...
-    async def commit(self, claim: Claim, install: Install) -> int: ...
+    async def commit(self, claim: Claim, install: Install, content: str = "") -> int: ...
     async def commit_path(self, path: str, identity: str, pid: int, install: Install,
                           now: float) -> int: ...
     async def reclaim(self, path: str, persist: Callable[[int], None]) -> int: ...
@@ -120,7 +120,9 @@ class LocalCoordination:
             return self.core.open_write(path, identity, pid, rewrite=rewrite, append=append,
                                         now=now, persist_epoch=persist_epoch)
 
-    async def commit(self, claim: Claim, install: Install) -> int:
+    async def commit(self, claim: Claim, install: Install, content: str = "") -> int:
+        # content: the draft's name (a distributed store records it, for
+        # roll-forward); one host needs it not.
         with atomic():
             return self.core.commit(claim, install)
 

@@ -60,6 +60,9 @@ class FileTable:
         # The version a path with no state and no tombstone continues from
         # (its history's, see engine/history.py).
         self.floor: Callable[[str], int] = lambda path: 0
+        # Across hosts (--etcd): a new content whose state attribute matches
+        # it was installed by fencefs on another host, not written foreign.
+        self.peers = False
 
     def file(self, rel: str, st: os.stat_result) -> FileState:
         """The coordination state of a regular file, noticing foreign writes."""
@@ -81,7 +84,8 @@ class FileTable:
                 self._adopt_foreign(file, fp)
             self.fingerprints[rel] = fp
         elif self.fingerprints.get(rel) != fp and not self.handles.writing_in_place(file):
-            self._adopt_foreign(file, fp)
+            if not (self.peers and self._adopt_peer(file, fp)):
+                self._adopt_foreign(file, fp)
             self.fingerprints[rel] = fp
         self._keep_warm(rel)
         return file
@@ -132,6 +136,21 @@ class FileTable:
         self.journaling.record("foreign", file.path, version=old, new_version=new,
                                epoch=file.epoch, size=fp.size)
         self.content_changed(file.path, None)
+
+    def _adopt_peer(self, file: FileState, fp: Fingerprint) -> bool:
+        """Another host committed this content (its state attribute names
+        this very content, at a version not older than ours): take its
+        version and epoch, journal nothing (that host journaled it)."""
+        try:
+            persisted, saved = self.backing.read_state(file.path)
+        except OSError:
+            return False
+        if saved != fp or persisted.version < file.version:
+            return False
+        file.version = persisted.version
+        file.epoch = max(file.epoch, persisted.epoch)
+        self.content_changed(file.path, None)
+        return True
 
     def refresh_fingerprint(self, rel: str) -> None:
         """Our own metadata change moved the mtime: not a foreign write."""

@@ -299,7 +299,8 @@ class Transactions:
 
     def _adopt(self, staged: str, target: str, caller: Caller, txn: str) -> Item:
         """Move a staged file into drafts/ (one rename): it becomes the draft."""
-        path = os.path.join(self.drafts.dir, f"{os.getpid()}-txn-{txn}-{new_id()}.draft")
+        name = f"{self.drafts.prefix}{os.getpid()}-txn-{txn}-{new_id()}.draft"
+        path = os.path.join(self.drafts.dir, name)
         with self.backing.tree.parent(staged) as (dir_fd, name):
             os.rename(name, path, src_dir_fd=dir_fd)
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)

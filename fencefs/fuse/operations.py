@@ -34,6 +34,7 @@ from fencefs.engine.readers import Readers
 from fencefs.engine.shared import SharedFiles
 from fencefs.engine.txns import Transactions
 from fencefs.engine.writers import Writers
+from fencefs.etcd.engine import EtcdCoordination, EtcdSettings, host_prefix
 from fencefs.fuse import paths
 from fencefs.fuse.access import READ
 from fencefs.fuse.attributes import ControlAttributes
@@ -81,6 +82,7 @@ class FenceOperations(pyfuse3.Operations):
         warm_files: int = 8192,
         shared_globs: Sequence[str] = (),
         retention: Retention | None = None,
+        etcd: EtcdSettings | None = None,
     ) -> None:
         super().__init__()
         self.backing = Backing(backing_root)
@@ -91,15 +93,21 @@ class FenceOperations(pyfuse3.Operations):
                                durable=durable)
         self.durable = durable
         self.sweep_after = sweep_after
-        self.coord = LocalCoordination(Coordinator(
-            max_observations=max_observations, default_policy=default_policy,
-            lease_ttl=lease_ttl, shared_globs=shared_globs))
+        core = Coordinator(max_observations=max_observations, default_policy=default_policy,
+                           lease_ttl=lease_ttl, shared_globs=shared_globs)
+        self.etcd: EtcdCoordination | None = None
+        if etcd is None:
+            self.coord: LocalCoordination = LocalCoordination(core)
+        else:  # across hosts: etcd decides (docs/multihost.md)
+            self.coord = self.etcd = EtcdCoordination(core, etcd, self.drafts)
+            self.drafts.prefix = host_prefix(etcd.host)
         self.journaling = Journaling(self.journal, self.backing, durable=durable)
         self.handles = HandleTable()
         self.files = FileTable(self.coord, self.backing, self.journaling, self.handles,
                                warm_files=warm_files)
         self.files.content_changed = self._content_changed
         self.files.entry_changed = self._entry_changed
+        self.files.peers = etcd is not None
         self.writers = Writers(self.coord, self.drafts, self.journaling)
         self.readers = Readers(self.coord, self.files)
         self.commits = CommitEngine(self.coord, self.files, self.writers, self.drafts,
@@ -135,10 +143,20 @@ class FenceOperations(pyfuse3.Operations):
 
     def recover(self) -> int:
         """Roll interrupted transactions forward or back, drop half-made
-        snapshots, then put drafts orphaned by a crash away as abandoned."""
+        snapshots, then put drafts orphaned by a crash away as abandoned.
+        Across hosts: later, by ``recover_across_hosts``, which asks etcd
+        first; transactions are refused there (none to roll), and a half-made
+        snapshot on the shared backing may be another host's, still building."""
+        if self.etcd is not None:
+            return 0
         rolled = len(self.txns.store.recover())
         self.snapshots.recover()
         return rolled + self.commits.recover()
+
+    async def recover_across_hosts(self) -> int:
+        """This host's orphaned drafts, with etcd (``EtcdCoordination.recover``)."""
+        assert self.etcd is not None
+        return await self.etcd.recover_drafts(self.drafts, self.journaling)
 
     async def maintain(self, interval: float = 2.0) -> None:
         """Background upkeep: drop claims of identities that have exited;

@@ -54,6 +54,10 @@ class Drafts:
         self.dir = os.path.join(backing.meta, "drafts")
         self.rejected_dir = os.path.join(backing.meta, "rejected")
         self._seq = itertools.count(1)
+        # Across hosts (--etcd) drafts/ is shared: names start with a prefix
+        # of this host's, so that names never collide and a restarted host
+        # recovers only its own drafts.
+        self.prefix = ""
         for d in (backing.meta, self.dir, self.rejected_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         # installs rename from here onto a path the tree resolves
@@ -66,7 +70,7 @@ class Drafts:
 
     def create(self, target: str, identity: str, pid: int, source_fd: int | None) -> Draft:
         """A new draft for ``target``: empty, or a copy of ``source_fd``."""
-        path = os.path.join(self.dir, f"{os.getpid()}-{next(self._seq)}.draft")
+        path = os.path.join(self.dir, f"{self.prefix}{os.getpid()}-{next(self._seq)}.draft")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.setxattr(fd, DRAFT_XATTR, draft_label(target, identity, pid))
@@ -140,6 +144,8 @@ class Drafts:
         """Drafts left behind by a daemon that died."""
         found = []
         for name in sorted(os.listdir(self.dir)):
+            if not name.startswith(self.prefix):
+                continue  # another host's (--etcd): not ours to recover
             path = os.path.join(self.dir, name)
             try:
                 meta = json.loads(os.getxattr(path, DRAFT_XATTR))

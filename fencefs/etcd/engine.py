@@ -1,0 +1,492 @@
+"""``EtcdCoordination``: the engine's coordination seam, decided by etcd.
+
+This host keeps the local core (``fencefs.core.Coordinator``) for what
+stays per host: write claims of local handles and their leases, observation
+claims of local readers, the files' state as this host last saw it. The
+decisions go to etcd, each as one transaction (``fencefs.etcd.coordination``):
+
+- ``open_write`` first refreshes the file from etcd (version, epoch, the
+  revision claims rest on; it waits for, or makes, a roll-forward when
+  the record is ahead of the installed file), takes the exclusive hold in
+  etcd for an exclusive file (EBUSY across hosts; a hold whose lease
+  expired is taken over with an epoch bump in the same transaction), then
+  makes the claim with the local core, with no await.
+- ``commit`` and ``commit_path``: the local early check, then the commit
+  transaction (epoch compare, mod_revision compare, [exclusive] the hold's
+  lease); once etcd says yes, with no await: the local state is set to what
+  the claim rested on and the core's own commit runs ``install``.
+- ``reclaim``: the reclaim transaction, then ``persist`` and the local bump.
+
+etcd unreachable: ``Unreachable`` (``EHOSTUNREACH``), a ``FenceError``, so
+the engine keeps the bytes under ``rejected/`` and the writer gets a typed
+errno distinct from EAGAIN, ESTALE and EBUSY. The rest (queries, renewals,
+observations, unfenced changes) is the local core's.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from fencefs.core import Claim, Coordinator, FenceError, FileState, Persisted
+from fencefs.core.coordinator import decide
+from fencefs.core.model import EXCLUSIVE
+from fencefs.core.transaction import Member, Planned
+from fencefs.engine.atomic import atomic
+from fencefs.engine.coordination import Install, LocalCoordination
+from fencefs.engine.journaling import Journaling
+from fencefs.etcd import coordination as co
+from fencefs.etcd.client import EtcdClient, EtcdError, EtcdUnreachable, LeaseNotFound, Put
+from fencefs.etcd.keys import Holder, Layout, Marker, Record
+from fencefs.store.drafts import Drafts
+
+log = logging.getLogger("fencefs.etcd")
+
+MARKER_FILE = "cluster.json"
+# How long a host waits for the deciding host to install a decided draft
+# before it rolls it forward itself.
+ROLL_GRACE = 2.0
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    urls: list[str]
+    cluster: str
+    host: str
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    user: str | None = None
+    password: str | None = None
+    timeout: float = 5.0
+
+    def client(self) -> EtcdClient:
+        return EtcdClient(self.urls, timeout=self.timeout, cacert=self.cacert, cert=self.cert,
+                          key=self.key, user=self.user, password=self.password)
+
+
+def read_marker(meta: str) -> Marker | None:
+    try:
+        with open(os.path.join(meta, MARKER_FILE), "rb") as f:
+            return Marker.from_bytes(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"unreadable {os.path.join(meta, MARKER_FILE)}: {e}") from None
+
+
+def write_marker(meta: str, marker: Marker) -> None:
+    os.makedirs(meta, mode=0o700, exist_ok=True)
+    tmp = os.path.join(meta, MARKER_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(marker.to_bytes())
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, os.path.join(meta, MARKER_FILE))
+
+
+async def check_mount(settings: EtcdSettings, backing: str, create: bool) -> str | None:
+    """Can this backing be mounted in this cluster? None, or a one-line reason.
+
+    With ``create`` False nothing is written (the CLI's check before it
+    starts the daemon); the daemon calls it with ``create`` True."""
+    layout = Layout(settings.cluster)
+    meta = os.path.join(backing, ".fencefs")
+    try:
+        async with settings.client() as client:
+            await client.connect()
+            if create:
+                await co.ensure_marker(client, layout, lambda: read_marker(meta),
+                                       lambda m: write_marker(meta, m))
+                return None
+            kv = await client.get(layout.marker())
+            in_etcd = Marker.from_bytes(kv.value) if kv else None
+            return co.judge_marker(layout.cluster, read_marker(meta), in_etcd)
+    except EtcdUnreachable as e:
+        return f"etcd is unreachable at {','.join(settings.urls)}: {e}"
+    except EtcdError as e:
+        return f"etcd refused: {e}"
+    except ValueError as e:
+        return str(e)
+
+
+class EtcdCoordination(LocalCoordination):
+    """``Coordination`` across hosts (see the module docstring)."""
+
+    def __init__(self, core: Coordinator, settings: EtcdSettings, drafts: Drafts) -> None:
+        super().__init__(core)
+        self.settings = settings
+        self.layout = Layout(settings.cluster)
+        self.host = settings.host
+        # drafts/ (daemon-owned, on the shared backing) and the tree: a
+        # roll-forward renames a draft by descriptor onto a path the tree
+        # resolves, never following a symlink out of the backing directory
+        self.drafts = drafts
+        self.client: EtcdClient | None = None
+        self.lease = 0
+        # per path: (version, the file key's mod_revision at that version)
+        self._rev: dict[str, tuple[int, int]] = {}
+        # exclusive holds this host has in etcd: path -> (holder, local claim ids)
+        self._holds: dict[str, tuple[Holder, set[int]]] = {}
+        self._nursery: trio.Nursery | None = None
+        self.release = self._release  # type: ignore[method-assign]
+
+    # -- life ----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Connect, take this host's lease, keep it alive until cancelled."""
+        ttl = max(2, int(round(self.lease_ttl)))
+        async with self.settings.client() as client, trio.open_nursery() as nursery:
+            self.client = client
+            self._nursery = nursery
+            await self._grant(ttl)
+            task_status.started()
+            try:
+                while True:
+                    await trio.sleep(ttl / 3)
+                    try:
+                        await client.lease_keepalive(self.lease)
+                    except LeaseNotFound:
+                        log.warning("lease %x of host %s expired: its holds are gone",
+                                    self.lease, self.host)
+                        self._holds.clear()
+                        await self._grant(ttl)
+                    except EtcdError as e:
+                        log.warning("lease keepalive failed: %s", e)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await client.lease_revoke(self.lease)
+                    except EtcdError:
+                        pass
+                nursery.cancel_scope.cancel()
+
+    async def _grant(self, ttl: int) -> None:
+        assert self.client is not None
+        self.lease, _ = await self.client.lease_grant(ttl)
+        await self.client.put(self.layout.host(self.host),
+                              Record(0, 0, host=self.host,
+                                     identity=f"pid:{os.getpid()}").to_bytes(), self.lease)
+
+    def _client(self, path: str, claim: Claim | None = None) -> EtcdClient:
+        if self.client is None:
+            raise co.Unreachable(path, rested_version=claim.version if claim else None,
+                                 rested_epoch=claim.epoch if claim else None)
+        return self.client
+
+    # -- syncing this host's view ------------------------------------------------
+
+    async def refresh(self, path: str) -> co.View:
+        """Read the file from etcd and bring this host's view up to it,
+        rolling the installed file forward to the record if needed."""
+        client = self._client(path)
+        view = await co.read(client, self.layout, path)
+        file = self.core.get(path)
+        if view.record is None and file is not None and (file.version or file.epoch):
+            # first use in the cluster of a file that already has history
+            seed = Record(file.version, file.epoch, file.policy, "", self.host, "")
+            ops = [Put(self.layout.file(path), seed.to_bytes())]
+            if file.epoch:
+                ops.append(Put(self.layout.epoch(path), str(file.epoch).encode()))
+            await client.txn([co.absent(self.layout.file(path))], ops)
+            view = await co.read(client, self.layout, path)
+        await self._roll_forward(view)
+        self._sync(path, view)
+        return view
+
+    def _sync(self, path: str, view: co.View) -> None:
+        with atomic():
+            file = self.core.get(path)
+            if file is not None:
+                if view.version >= file.version:
+                    file.version = view.version
+                file.epoch = max(file.epoch, view.epoch)
+            self._rev[path] = (view.version, view.revision)
+
+    def _learn_epoch(self, path: str, view: co.View) -> None:
+        """After a refusal: take the newer epoch (more fencing is safe), but
+        not the version: the record may be ahead of the installed file, and
+        only ``refresh`` (which waits for or makes the install) may move it."""
+        with atomic():
+            file = self.core.get(path)
+            if file is not None:
+                file.epoch = max(file.epoch, view.epoch)
+
+    async def _roll_forward(self, view: co.View) -> None:
+        """Make the installed file the record's before anyone rests on it.
+
+        A decided draft still in drafts/ is being installed by the host that
+        decided it (this one too: another request's commit between its
+        transaction and its rename): wait for that, then, after
+        ``ROLL_GRACE``, install it ourselves (a dead or frozen host). Taking
+        the record's version while the file still holds the one before would
+        let a reader be served old content under the new version: a lost
+        update (specs/MultiHost.tla, mutant NoRollForward)."""
+        rec = view.record
+        if rec is None or not rec.content:
+            return
+        name = rec.content
+        deadline = trio.current_time() + ROLL_GRACE
+        while self._draft_there(name) and trio.current_time() < deadline:
+            await trio.sleep(0.005)
+        if co.roll_forward_action(rec, "", self._draft_there(name)) is co.Roll.INSTALL:
+            try:
+                self._install(name, view.path)
+                log.warning("rolled %s forward to v%d (decided by %s, not installed)",
+                            view.path, rec.version, rec.host)
+            except FileNotFoundError:
+                pass   # installed meanwhile
+
+    def _draft_there(self, name: str) -> bool:
+        """Is the draft a record names still in drafts/? (A name from etcd
+        is one file name, never a path: anything else is not a draft.)"""
+        if not name or "/" in name or name in (".", ".."):
+            return False
+        try:
+            os.stat(name, dir_fd=self.drafts.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _install(self, name: str, target: str) -> None:
+        """Roll a decided draft forward: rename it, by descriptor, onto
+        ``target`` as the tree resolves it (a symlink on the way is ELOOP)."""
+        if not self._draft_there(name):
+            raise FileNotFoundError(errno.ENOENT, "no such draft", name)
+        self.drafts.trash.keep(target)   # as Drafts.install: frees nothing here
+        self.drafts.backing.tree.rename_from(self.drafts.dir_fd, name, target)
+
+    async def _revision(self, claim: Claim) -> int:
+        known = self._rev.get(claim.path)
+        if known is not None and known[0] == claim.version:
+            return known[1]
+        view = await self.refresh(claim.path)
+        if view.version == claim.version:
+            return view.revision
+        return -1   # etcd is past the claim: the transaction will say why
+
+    # -- decisions -------------------------------------------------------------------
+
+    async def open_write(self, path: str, identity: str, pid: int, *, rewrite: bool,
+                         append: bool, now: float,
+                         persist_epoch: Callable[[int], None]) -> Claim:
+        try:
+            await self.refresh(path)
+            file = self.core.get(path)
+            if file is not None and self.core.policy_of(file) == EXCLUSIVE:
+                await self._hold(path, identity, persist_epoch)
+        except EtcdError as e:
+            raise co.Unreachable(path) from e
+        with atomic():
+            claim = self.core.open_write(path, identity, pid, rewrite=rewrite, append=append,
+                                         now=now, persist_epoch=persist_epoch)
+        held = self._holds.get(path)
+        if held is not None:
+            held[1].add(claim.id)
+        return claim
+
+    async def _hold(self, path: str, identity: str,
+                    persist_epoch: Callable[[int], None]) -> None:
+        client = self._client(path)
+        holder = Holder(self.host, identity, f"{self.host}\0{identity}")
+        mine = self._holds.get(path)
+        if mine is not None and mine[0].identity == identity:
+            return
+        view, reclaimed = await co.acquire_exclusive(client, self.layout, path, holder,
+                                                     self.lease)
+        if view.holder == holder:
+            self._holds.setdefault(path, (holder, set()))
+        if reclaimed:
+            with atomic():
+                file = self.core.get(path)
+                if file is not None and view.epoch > file.epoch:
+                    persist_epoch(view.epoch)
+                    file.epoch = view.epoch
+            log.info("took over %s from an expired hold (epoch %d)", path, view.epoch)
+
+    def _release(self, claim: Claim) -> None:
+        self.core.release(claim)
+        held = self._holds.get(claim.path)
+        if held is None:
+            return
+        held[1].discard(claim.id)
+        if not held[1] and self._nursery is not None and self.client is not None:
+            del self._holds[claim.path]
+            self._nursery.start_soon(self._let_go, claim.path, held[0])
+
+    async def _let_go(self, path: str, holder: Holder) -> None:
+        assert self.client is not None
+        try:
+            await co.release_exclusive(self.client, self.layout, path, holder, self.lease)
+        except EtcdError as e:
+            log.warning("could not release the hold on %s: %s", path, e)
+
+    async def commit(self, claim: Claim, install: Install, content: str = "") -> int:
+        with atomic():
+            self.core.check(claim)
+        file = self.core.get(claim.path)
+        policy = file.policy if file is not None else None
+        lease = self.lease if claim.path in self._holds else 0
+        try:
+            client = self._client(claim.path, claim)
+            rev = await self._revision(claim)
+            eclaim = co.EtcdClaim(claim.path, claim.identity, claim.version, claim.epoch,
+                                  rev, lease)
+            record = Record(claim.version + 1, claim.epoch, policy, content, self.host,
+                            claim.identity)
+            result: list[int] = []
+
+            def installed(rec: Record, revision: int) -> None:
+                with atomic():
+                    self._rested_on(claim.path, claim.version, claim.epoch)
+                    result.append(self.core.commit(claim, install))
+                self._rev[claim.path] = (rec.version, revision)
+
+            decision = await co.commit(client, self.layout, eclaim, record, installed)
+        except FenceError:
+            raise
+        except EtcdError as e:
+            raise co.Unreachable(claim.path, rested_version=claim.version,
+                                 rested_epoch=claim.epoch) from e
+        if decision.outcome is co.Outcome.COMMITTED:
+            return result[0]
+        self._learn_epoch(claim.path, decision.view)
+        error = decision.error(eclaim)
+        assert error is not None
+        raise error
+
+    def _rested_on(self, path: str, version: int, epoch: int) -> FileState:
+        """etcd decided on (version, epoch): this host's view is made to agree."""
+        file = self.core.get(path)
+        assert file is not None
+        file.version, file.epoch = version, epoch
+        return file
+
+    async def commit_path(self, path: str, identity: str, pid: int, install: Install,
+                          now: float) -> int:
+        try:
+            await self.refresh(path)
+        except EtcdError as e:
+            raise co.Unreachable(path) from e
+        with atomic():
+            file = self.core.get(path)
+            assert file is not None
+            seen = file.readers.get(identity)
+            if seen is not None and self.core.policy_of(file) != "shared":
+                error = decide(file, seen)
+                if error is not None:
+                    raise error(path, rested_version=seen.version, rested_epoch=seen.epoch,
+                                current_version=file.version, current_epoch=file.epoch)
+            version, epoch = file.version, file.epoch
+        rev = self._rev.get(path, (version, 0))[1]
+        eclaim = co.EtcdClaim(path, identity, version, epoch, rev)
+        record = Record(version + 1, epoch, file.policy, "", self.host, identity)
+        result: list[int] = []
+
+        def installed(rec: Record, revision: int) -> None:
+            with atomic():
+                self._rested_on(path, version, epoch)
+                result.append(self.core.commit_path(path, identity, pid, install, now=now))
+            self._rev[path] = (rec.version, revision)
+
+        try:
+            decision = await co.commit(self._client(path), self.layout, eclaim, record,
+                                       installed)
+        except EtcdError as e:
+            raise co.Unreachable(path) from e
+        if decision.outcome is co.Outcome.COMMITTED:
+            return result[0]
+        self._learn_epoch(path, decision.view)
+        refusal = decision.error(eclaim)
+        assert refusal is not None
+        raise refusal
+
+    async def reclaim(self, path: str, persist: Callable[[int], None]) -> int:
+        try:
+            epoch, _ = await co.reclaim(self._client(path), self.layout, path)
+        except EtcdError as e:
+            raise co.Unreachable(path) from e
+        self._holds.pop(path, None)
+        with atomic():
+            file = self.core.get(path)
+            if file is not None and epoch > file.epoch:
+                persist(epoch)
+                file.epoch = epoch
+        return epoch
+
+    async def commit_many(self, files: Mapping[str, FileState | None],
+                          members: Sequence[Member], identity: str,
+                          install_all: Callable[[list[Planned]], None]) -> list[Planned]:
+        """Multi-file transactions are not decided by etcd yet: refused with
+        ``EOPNOTSUPP`` before anything is installed (the engine keeps the
+        drafts under ``rejected/``; docs/multihost.md, Limits)."""
+        raise OSError(errno.EOPNOTSUPP, "multi-file transactions are not supported across "
+                      "hosts (--etcd) yet: nothing was committed")
+
+    # -- start-up ----------------------------------------------------------------------
+
+    async def recover_drafts(self, drafts: Drafts, journaling: Journaling) -> int:
+        """This host's drafts orphaned by its previous life (see ``recover``);
+        those put away are journaled as ``abandoned``."""
+        orphans = [(path, str(meta.get("path", "?"))) for path, meta in drafts.orphans()]
+
+        def put_away(draft: str, target: str) -> None:
+            name = drafts.put_away(draft, target, "?", "abandoned")
+            journaling.record("abandoned", target, rejected=name, reason="daemon-restart",
+                              draft=os.path.basename(draft))
+
+        if self.client is None:   # before the mount: a client of its own
+            async with self.settings.client() as client:
+                self.client = client
+                try:
+                    count = await self.recover(orphans, put_away)
+                finally:
+                    self.client = None
+        else:
+            count = await self.recover(orphans, put_away)
+        if count:
+            journaling.journal.sync()
+        return count
+
+    async def recover(self, orphans: list[tuple[str, str]],
+                      put_away: Callable[[str, str], None]) -> int:
+        """This host's drafts left by its previous life: roll forward the
+        ones a record names; for the others, first move the file key's
+        revision (a transaction of theirs may still be in flight), then put
+        them away (``specs/MultiHost.tla``, Recover)."""
+        client = self._client("")
+        count = 0
+        for draft, target in orphans:
+            view = await co.read(client, self.layout, target)
+            name = os.path.basename(draft)
+            if view.record is not None and view.record.content == name:
+                try:
+                    self._install(name, target)
+                    log.warning("rolled %s forward to v%d at restart", target, view.version)
+                except FileNotFoundError:
+                    pass
+                continue
+            if view.record is not None:
+                await client.txn([co.mod_is(self.layout.file(target), view.revision)],
+                                 [Put(self.layout.file(target), view.record.to_bytes())])
+            put_away(draft, target)
+            count += 1
+        return count
+
+
+def host_prefix(host: str) -> str:
+    """A draft name prefix that tells this host's drafts from others' on the
+    shared drafts/ directory."""
+    import hashlib
+
+    return hashlib.sha256(host.encode()).hexdigest()[:10] + "-"
+
+
+def persisted_of(record: Record) -> Persisted:
+    return Persisted(record.version, record.epoch, record.policy)
