@@ -21,7 +21,6 @@ import time
 from collections.abc import Sequence
 
 import pyfuse3
-import trio
 
 from fencefs.core import Caller, Coordinator, FileState
 from fencefs.engine.commits import CommitEngine
@@ -36,18 +35,19 @@ from fencefs.engine.txns import Transactions
 from fencefs.engine.writers import Writers
 from fencefs.etcd.engine import EtcdCoordination, EtcdSettings, host_prefix
 from fencefs.fuse import paths
-from fencefs.fuse.access import READ
 from fencefs.fuse.attributes import ControlAttributes
 from fencefs.fuse.boundary import error_boundary
+from fencefs.fuse.directories import Directories
 from fencefs.fuse.identity import (
     IdentityResolver,
-    alive,
     dying_by_signal,
     holds_for_writing,
     signal_pending,
     tgid_of,
 )
 from fencefs.fuse.inodes import InodeTable
+from fencefs.fuse.kernel import ENTRY_TIMEOUT, KernelView
+from fencefs.fuse.upkeep import Upkeep
 from fencefs.store.backing import Backing
 from fencefs.store.drafts import Drafts
 from fencefs.store.journal import Journal
@@ -55,13 +55,6 @@ from fencefs.store.retention import Retention
 from fencefs.store.snapshots import Snapshots
 from fencefs.store.txn import TxnStore
 from fencefs.store.versions import VersionStore
-
-# The kernel may answer stat() from its cache for this long. Every content
-# change made through the mount invalidates the inode's attributes at once
-# (``_content_changed``); only a write made straight into the backing
-# directory can stay unseen by stat() for up to this long (open() always asks).
-_ATTR_TIMEOUT = 1.0
-_ENTRY_TIMEOUT = 1.0
 
 
 @error_boundary
@@ -103,10 +96,12 @@ class FenceOperations(pyfuse3.Operations):
             self.drafts.prefix = host_prefix(etcd.host)
         self.journaling = Journaling(self.journal, self.backing, durable=durable)
         self.handles = HandleTable()
+        self.inodes = InodeTable()
+        self.kernel = KernelView(self.inodes, self.handles)
         self.files = FileTable(self.coord, self.backing, self.journaling, self.handles,
                                warm_files=warm_files)
-        self.files.content_changed = self._content_changed
-        self.files.entry_changed = self._entry_changed
+        self.files.content_changed = self.kernel.content_changed
+        self.files.entry_changed = self.kernel.entry_changed
         self.files.peers = etcd is not None
         self.writers = Writers(self.coord, self.drafts, self.journaling)
         self.readers = Readers(self.coord, self.files)
@@ -123,7 +118,6 @@ class FenceOperations(pyfuse3.Operations):
                                durable=durable)
         self.commits.keep = self.history.keep
         self.files.floor = self.history.floor
-        self.inodes = InodeTable()
         self.ids = IdentityResolver(scope)
         self.txns = Transactions(self.coord, self.files, self.handles, self.drafts,
                                  self.journaling, TxnStore(self.backing, self.drafts,
@@ -134,106 +128,27 @@ class FenceOperations(pyfuse3.Operations):
                                             self.files, self.commits, self.shared,
                                             self.journaling, self.history, durable=durable,
                                             txns=self.txns, snapshots=self.snapshots)
+        self.kernel.history_dir_owner = self.attributes.history_dir_owner
+        self.directories = Directories(self.backing, self.inodes, self.handles,
+                                       self.attributes, self.journaling, self.kernel.attrs)
+        self.upkeep = Upkeep(self.coord, self.readers, self.commits, self.history,
+                             self.journaling, self.txns, self.snapshots, self.drafts,
+                             self.etcd, sweep_after=sweep_after)
         # Set once mounted: lets flush tell the opener's last close from others.
         self.mount_id: int | None = None
-        # Open directory handles: the directory's inode and a sorted snapshot.
-        self._dirs: dict[int, tuple[int, list[str]]] = {}
 
-    # -- start-up and upkeep ---------------------------------------------------
+    # -- start-up and upkeep (fuse/upkeep.py) -----------------------------------
 
     def recover(self) -> int:
-        """Roll interrupted transactions forward or back, drop half-made
-        snapshots, then put drafts orphaned by a crash away as abandoned.
-        Across hosts: later, by ``recover_across_hosts``, which asks etcd
-        first; transactions are refused there (none to roll), and a half-made
-        snapshot on the shared backing may be another host's, still building."""
-        if self.etcd is not None:
-            return 0
-        rolled = len(self.txns.store.recover())
-        self.snapshots.recover()
-        return rolled + self.commits.recover()
+        return self.upkeep.recover()
 
     async def recover_across_hosts(self) -> int:
-        """This host's orphaned drafts, with etcd (``EtcdCoordination.recover``)."""
-        assert self.etcd is not None
-        return await self.etcd.recover_drafts(self.drafts, self.journaling)
+        return await self.upkeep.recover_across_hosts()
 
     async def maintain(self, interval: float = 2.0) -> None:
-        """Background upkeep: drop claims of identities that have exited;
-        apply the retention bounds (flat: only paths committed since)."""
-        await self.history.scan()
-        tick = time.monotonic() + interval
-        while True:
-            with trio.move_on_at(tick):  # or earlier, when a file's history is full
-                await self.history.wanted.wait()
-            await self.history.sweep(time.time())
-            if time.monotonic() < tick:
-                continue
-            tick = time.monotonic() + interval
-            await self.journaling.flush_namespace()
-            self.prune_identities()
-            if self.sweep_after is not None:
-                await self.commits.sweep(time.monotonic(), self.sweep_after)
-
-    def prune_identities(self) -> int:
-        dropped = 0
-        pids_of = self.readers.identity_pids
-        for identity, pids in list(pids_of.items()):
-            live = {pid for pid in pids if alive(pid)}
-            if live:
-                pids_of[identity] = live
-            else:
-                del pids_of[identity]
-                dropped += self.coord.drop_identity(identity)
-        return dropped
+        await self.upkeep.maintain(interval)
 
     # -- helpers shared by the handlers ------------------------------------------
-
-    def _attrs(self, ino: int, st: os.stat_result, rel: str | None = None
-               ) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        for name in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
-                     "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
-            setattr(a, name, getattr(st, name))
-        if rel is not None and rel in paths.META_OPEN_DIRS:
-            # Everyone may look in (read-only): what is inside keeps the modes
-            # of the files it came from, and listings are filtered (opendir).
-            a.st_mode = stat.S_IFDIR | 0o755
-        elif rel is not None and stat.S_ISDIR(st.st_mode) and paths.in_versions(rel):
-            # A directory of the history tree guards like the path it mirrors.
-            a.st_uid, a.st_gid, a.st_mode = self.attributes.history_dir_owner(rel)
-        a.st_ino = ino
-        a.generation = 0
-        a.entry_timeout = _ENTRY_TIMEOUT
-        # While a write handle is open the answer depends on who asks (a
-        # writer sees its own draft's size, see getattr): nothing is cached.
-        # Otherwise a draft's size never sticks in the kernel's cache: a
-        # direct write or an O_TRUNC open makes the kernel drop the size it
-        # holds and ask getattr, which answers with the committed file.
-        a.attr_timeout = 0 if ino in self.handles.writers else _ATTR_TIMEOUT
-        return a
-
-    def _content_changed(self, path: str, ino: int | None = None) -> None:
-        """A commit or a foreign write changed ``path``: the kernel must not
-        answer stat() from the attributes it cached. (Cached pages need no
-        invalidation: every handle of a fenced file is direct_io, and the
-        kernel drops the page cache whenever such a file is mmapped.)"""
-        ino = self.inodes.ino_of(path) if ino is None else ino
-        if ino is None:
-            return
-        try:
-            pyfuse3.invalidate_inode(ino, attr_only=True)
-        except OSError:
-            pass  # the kernel no longer knows it: nothing cached
-
-    def _entry_changed(self, path: str) -> None:
-        """A name appeared or went away without a request of the kernel's
-        own: drop the entry (positive or negative) it may hold for it. The
-        async variant: this runs inside a handler (see style notes)."""
-        parent = self.inodes.ino_of(os.path.dirname(path))
-        if parent is not None:
-            pyfuse3.invalidate_entry_async(parent, os.fsencode(os.path.basename(path)),
-                                           ignore_enoent=True)
 
     def _lstat(self, rel: str) -> os.stat_result:
         try:
@@ -257,7 +172,7 @@ class FenceOperations(pyfuse3.Operations):
             rel = self.inodes.path(ino)
             st = self._lstat(rel)
             self.inodes.node(ino).nlookup += 1
-            return self._attrs(ino, st, rel)
+            return self.kernel.attrs(ino, st, rel)
         rel = paths.child(self.inodes, parent_inode, name)
         if paths.is_hidden(rel):
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -270,12 +185,12 @@ class FenceOperations(pyfuse3.Operations):
             # Python's imports, shells searching PATH).
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0
-            negative.entry_timeout = _ENTRY_TIMEOUT
+            negative.entry_timeout = ENTRY_TIMEOUT
             return negative
         if stat.S_ISREG(st.st_mode) and not paths.is_meta(rel):
             self.files.file(rel, st)
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
-        return self._attrs(node.ino, st, rel)
+        return self.kernel.attrs(node.ino, st, rel)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
@@ -293,12 +208,12 @@ class FenceOperations(pyfuse3.Operations):
             st = self.handles.stat_open(inode)
             if st is None:
                 raise pyfuse3.FUSEError(errno.ESTALE)
-            return self._attrs(inode, st)
+            return self.kernel.attrs(inode, st)
         rel = self.inodes.path(inode)
         st = self._lstat(rel)
         if stat.S_ISREG(st.st_mode) and not paths.is_meta(rel):
             self.files.file(rel, st)
-        attrs = self._attrs(inode, st, rel)
+        attrs = self.kernel.attrs(inode, st, rel)
         # A writer's fstat and lseek(SEEK_END) see its own draft, as on any
         # filesystem; everyone else sees the committed size (G4). The
         # caller's process is cached per thread: getattr is frequent.
@@ -334,7 +249,7 @@ class FenceOperations(pyfuse3.Operations):
             tree.utime(rel, (atime, mtime))
             self._utime_drafts(rel, atime, mtime)
             self.files.refresh_fingerprint(rel)
-        return self._attrs(inode, self._lstat(rel))
+        return self.kernel.attrs(inode, self._lstat(rel))
 
     def _utime_drafts(self, rel: str, atime: int, mtime: int) -> None:
         """futimens() reaches us without its descriptor: the times go to the
@@ -437,7 +352,7 @@ class FenceOperations(pyfuse3.Operations):
             node = self.inodes.remember(parent_inode, os.fsdecode(name))
             shared = self.shared.open(node.ino, rel, file, flags, caller)
             info = pyfuse3.FileInfo(fh=shared.fh, direct_io=False, keep_cache=False)
-            return info, self._attrs(node.ino, st)
+            return info, self.kernel.attrs(node.ino, st)
         handle = Handle(self.handles.next_fh(), rel, 0, caller, ctx.pid)
         try:
             handle.claim = await self.coord.open_write(
@@ -453,7 +368,7 @@ class FenceOperations(pyfuse3.Operations):
         handle.ino = node.ino
         self.handles.add(handle, caller.pid, 2, writing=True)
         info = pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=False)
-        return info, self._attrs(node.ino, st)
+        return info, self.kernel.attrs(node.ino, st)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         if (shared := self.shared.get(fh)) is not None:  # shared policy
@@ -544,7 +459,7 @@ class FenceOperations(pyfuse3.Operations):
         if paths.is_txn_dir(rel):  # a transaction's staging directory: whose it is
             self.txns.begin(rel, self.ids.resolve(ctx.pid))
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
-        return self._attrs(node.ino, self._lstat(rel))
+        return self.kernel.attrs(node.ino, self._lstat(rel))
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         rel = paths.child(self.inodes, parent_inode, name)
@@ -567,7 +482,7 @@ class FenceOperations(pyfuse3.Operations):
         self._own(rel, ctx, 0)
         self.journaling.namespace_changed(paths.parent_of(rel))
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
-        return self._attrs(node.ino, self._lstat(rel))
+        return self.kernel.attrs(node.ino, self._lstat(rel))
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -585,7 +500,7 @@ class FenceOperations(pyfuse3.Operations):
         if stat.S_ISREG(st.st_mode):
             self.files.file(rel, st)
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
-        return self._attrs(node.ino, st)
+        return self.kernel.attrs(node.ino, st)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -594,56 +509,16 @@ class FenceOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EPERM)
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        rel = self.inodes.path(inode)
-        names = []
-        # Rejected writes and retained versions are listed only to those who
-        # may read them; the history tree's directories name files, shown
-        # only to those who may read the directory they are in.
-        history = paths.in_versions(rel)
-        access = self.attributes.access(ctx) if rel == paths.REJECTED_DIR or history else None
-        for entry, st in self.backing.tree.listdir(rel, stats=access is not None):
-            child = f"{rel}/{entry}" if rel else entry
-            if paths.is_hidden(child):
-                continue
-            if access is not None:
-                if st is None:
-                    continue  # gone since listed
-                if history and stat.S_ISDIR(st.st_mode):
-                    if not self.attributes.may_see_history(access, child):
-                        continue
-                elif not access.may_entry(st, READ):
-                    continue
-            names.append(entry)
-        names.sort()
-        fh = self.handles.next_fh()
-        self._dirs[fh] = (inode, names)
-        return fh
+        return self.directories.open(inode, lambda: self.attributes.access(ctx))
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        inode, names = self._dirs[fh]
-        base = self.inodes.path(inode)
-        # Offsets are indexes into the names listed at opendir: stable. The
-        # attributes are read now, not at opendir: the kernel caches them.
-        for index in range(start_id, len(names)):
-            name = names[index]
-            rel = f"{base}/{name}" if base else name
-            try:
-                st = self.backing.lstat(rel)
-            except FileNotFoundError:
-                continue  # gone since opendir
-            node = self.inodes.remember(inode, name)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name),
-                                         self._attrs(node.ino, st, rel), index + 1):
-                self.inodes.forget(node.ino, 1)
-                break
+        self.directories.read(fh, start_id, token)
 
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        self.directories.release(fh)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        inode, _ = self._dirs[fh]
-        # off the event loop, with every namespace change still pending
-        await self.journaling.durable_dir(self.inodes.path(inode))
+        await self.directories.fsync(fh)
 
     # -- unlink and rename: path commits -------------------------------------
 
@@ -688,7 +563,7 @@ class FenceOperations(pyfuse3.Operations):
             self.history.moved(old, new, is_dir=stat.S_ISDIR(src_st.st_mode))
         self.inodes.moved(parent_inode_old, os.fsdecode(name_old),
                           parent_inode_new, os.fsdecode(name_new))
-        self._content_changed(new)
+        self.kernel.content_changed(new)
         self.handles.moved(old, new)
         self.shared.moved(moving, old, new)  # in-place handles follow (engine/shared.py)
         # Namespace changes, synced with the next close, fsync or upkeep round.

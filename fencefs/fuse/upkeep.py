@@ -1,0 +1,88 @@
+"""Start-up recovery and the daemon's background upkeep.
+
+At mount: roll interrupted multi-file commits forward or back, drop
+half-made snapshots, put orphaned drafts away (across hosts, ask etcd
+first). While mounted, ``maintain`` runs next to the FUSE loop: retention
+sweeps (at once when a file's history reaches its bound), pending namespace
+syncs, pruning of exited identities' observation claims, and the idle sweep.
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from fencefs.engine.commits import CommitEngine
+from fencefs.engine.coordination import Coordination
+from fencefs.engine.history import History
+from fencefs.engine.journaling import Journaling
+from fencefs.engine.readers import Readers
+from fencefs.engine.txns import Transactions
+from fencefs.etcd.engine import EtcdCoordination
+from fencefs.fuse.identity import alive
+from fencefs.store.drafts import Drafts
+from fencefs.store.snapshots import Snapshots
+
+
+class Upkeep:
+    def __init__(self, coord: Coordination, readers: Readers, commits: CommitEngine,
+                 history: History, journaling: Journaling, txns: Transactions,
+                 snapshots: Snapshots, drafts: Drafts, etcd: EtcdCoordination | None, *,
+                 sweep_after: float | None) -> None:
+        self.coord = coord
+        self.readers = readers
+        self.commits = commits
+        self.history = history
+        self.journaling = journaling
+        self.txns = txns
+        self.snapshots = snapshots
+        self.drafts = drafts
+        self.etcd = etcd
+        self.sweep_after = sweep_after
+
+    def recover(self) -> int:
+        """Roll interrupted transactions forward or back, drop half-made
+        snapshots, then put drafts orphaned by a crash away as abandoned.
+        Across hosts: later, by ``recover_across_hosts``, which asks etcd
+        first; transactions are refused there (none to roll), and a half-made
+        snapshot on the shared backing may be another host's, still building."""
+        if self.etcd is not None:
+            return 0
+        rolled = len(self.txns.store.recover())
+        self.snapshots.recover()
+        return rolled + self.commits.recover()
+
+    async def recover_across_hosts(self) -> int:
+        """This host's orphaned drafts, with etcd (``EtcdCoordination.recover``)."""
+        assert self.etcd is not None
+        return await self.etcd.recover_drafts(self.drafts, self.journaling)
+
+    async def maintain(self, interval: float = 2.0) -> None:
+        """Background upkeep: drop claims of identities that have exited;
+        apply the retention bounds (flat: only paths committed since)."""
+        await self.history.scan()
+        tick = time.monotonic() + interval
+        while True:
+            with trio.move_on_at(tick):  # or earlier, when a file's history is full
+                await self.history.wanted.wait()
+            await self.history.sweep(time.time())
+            if time.monotonic() < tick:
+                continue
+            tick = time.monotonic() + interval
+            await self.journaling.flush_namespace()
+            self.prune_identities()
+            if self.sweep_after is not None:
+                await self.commits.sweep(time.monotonic(), self.sweep_after)
+
+    def prune_identities(self) -> int:
+        dropped = 0
+        pids_of = self.readers.identity_pids
+        for identity, pids in list(pids_of.items()):
+            live = {pid for pid in pids if alive(pid)}
+            if live:
+                pids_of[identity] = live
+            else:
+                del pids_of[identity]
+                dropped += self.coord.drop_identity(identity)
+        return dropped
