@@ -25,6 +25,7 @@ from fencefs.mounting import (
     mounted_at,
     validate_mount,
 )
+from fencefs.text import shown
 
 # -- mount -------------------------------------------------------------------
 
@@ -285,27 +286,6 @@ def _alive(pid: int) -> bool:
 # -- reclaim, status, log ----------------------------------------------------
 
 
-def _shown(value: object) -> str:
-    """Text for a terminal. File names and identities come from anyone who can
-    write to the mount: control characters (newlines, escape sequences) and
-    bytes that are not UTF-8 are shown escaped, so that they can neither
-    forge lines nor drive the terminal."""
-    out = []
-    for ch in str(value):
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable():
-            out.append(ch)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(f"\\u{code:04x}")
-    return "".join(out)
-
-
 def cmd_reclaim(args: argparse.Namespace) -> int:
     if args.expired or args.agent:
         if args.expired and args.agent:
@@ -323,7 +303,7 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
         after = _status_rows(mountpoint)
         done = [r for r in after if r.file in before and r.epoch != before[r.file]]
         for row in done:
-            print(f"{_shown(row.file)}: reclaimed, epoch {row.epoch}")
+            print(f"{shown(row.file)}: reclaimed, epoch {row.epoch}")
         if not done:
             print("nothing to reclaim")
         return 0
@@ -332,10 +312,10 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
         try:
             os.setxattr(path, wire.RECLAIM, b"1")
             epoch = os.getxattr(path, wire.EPOCH).decode()
-            print(f"{_shown(path)}: reclaimed, epoch {epoch}")
+            print(f"{shown(path)}: reclaimed, epoch {epoch}")
         except OSError as e:
             hint = " (not on a fencefs mount?)" if e.errno in (errno.ENOTSUP, errno.EINVAL) else ""
-            print(f"fencefs: {_shown(path)}: {e.strerror}{hint}", file=sys.stderr)
+            print(f"fencefs: {shown(path)}: {e.strerror}{hint}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
@@ -385,8 +365,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{'FILE':32} {'VER':>5} {'EPOCH':>5} {'POLICY':10} {'IDENTITY':20} {'PID':>7} "
           f"{'KIND':5} {'RESTS ON':10} LEASE LEFT")
     for row in rows:
-        head = (f"{_shown(row.file)[-32:]:32} {row.version:>5} {row.epoch:>5} "
-                f"{_shown(row.policy):10}")
+        head = (f"{shown(row.file)[-32:]:32} {row.version:>5} {row.epoch:>5} "
+                f"{shown(row.policy):10}")
         if not row.claims:
             print(f"{head} -")
         for claim in row.claims:
@@ -395,7 +375,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if claim.epoch != row.epoch:
                 lease = "revoked"
             rests = f"v{claim.version}/e{claim.epoch}"
-            print(f"{head} {_shown(claim.identity)[-20:]:20} {claim.pid:>7} "
+            print(f"{head} {shown(claim.identity)[-20:]:20} {claim.pid:>7} "
                   f"{claim.kind:5} {rests:10} {lease}")
             head = " " * 55
     if not args.files:
@@ -426,12 +406,12 @@ def cmd_log(args: argparse.Namespace) -> int:
     for entry in entries:
         when = datetime.datetime.fromtimestamp(float(entry.get("ts", 0))).isoformat(
             sep=" ", timespec="milliseconds")
-        detail = " ".join(f"{_shown(k)}={_shown(v)}" for k, v in entry.items()
+        detail = " ".join(f"{shown(k)}={shown(v)}" for k, v in entry.items()
                           if k not in ("ts", "event", "file", "identity", "pid"))
-        print(f"{when:23} {_shown(entry.get('event', '?')):10} "
-              f"{_shown(entry.get('file', '?'))[-28:]:28} "
-              f"{_shown(entry.get('identity', '-'))[-20:]:20} "
-              f"{_shown(entry.get('pid', '-')):>7} {detail}")
+        print(f"{when:23} {shown(entry.get('event', '?')):10} "
+              f"{shown(entry.get('file', '?'))[-28:]:28} "
+              f"{shown(entry.get('identity', '-'))[-20:]:20} "
+              f"{shown(entry.get('pid', '-')):>7} {detail}")
     return 0
 
 
