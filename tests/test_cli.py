@@ -114,8 +114,9 @@ def test_reclaim_status_and_log(mount: Mount) -> None:
         assert "plan.md" in table.stdout and "write v1/e0" in table.stdout
         assert "revoked" in table.stdout
     finally:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError) as closed:
             os.close(fd)
+        assert closed.value.errno == errno.ESTALE  # the reclaim fenced its claim
     log = fencefs("log", str(mount.mnt))
     assert log.returncode == 0
     lines = log.stdout.splitlines()

@@ -123,8 +123,9 @@ def test_restore_racing_a_writer_gets_eagain(mount: Mount,
     with pytest.raises(OSError) as e:
         os.fsync(fd)
     assert e.value.errno == errno.EAGAIN
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as closed:
         os.close(fd)
+    assert closed.value.errno == errno.EAGAIN  # the refusal is repeated
     assert read(path) == "a writer's update\n"
     refused = [x for x in mount.journal() if x["event"] == "conflict"]
     assert refused and refused[-1]["op"] == "commit"

@@ -79,9 +79,10 @@ def test_failed_install_changes_nothing() -> None:
     def broken(plan: list[Planned]) -> None:
         raise OSError(errno.ENOSPC, "full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as failed:
         commit_many(files_of(core, "a", "b"), [Member("a", 0, 0), Member("b", 0, 0)], "A",
                     broken, core.adopt, core.removed)
+    assert failed.value.errno == errno.ENOSPC
     assert [core.get(p).version for p in "ab"] == [0, 0]  # type: ignore[union-attr]
 
 
