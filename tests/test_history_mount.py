@@ -21,6 +21,7 @@ from fencefs import client_history
 from fencefs.client import FenceConflict
 from fencefs.history import RESTORE_FROM, STATS
 from tests.support.mount import ROOT, Mount, require_fuse
+from tests.support.procs import wait_traced
 
 MakeMount = Callable[..., Mount]
 
@@ -366,7 +367,7 @@ def test_crash_mid_retention_leaves_a_consistent_state(make_mount: MakeMount) ->
                                "-e", "trace=unlink,unlinkat",
                                "-e", "inject=unlink,unlinkat:signal=KILL:when=4"],
                               stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached to every thread
+    wait_traced(m.proc.pid, tracer.pid)  # attached to every thread
     cli("gc", str(m.mnt))
     m.proc.wait(timeout=20)
     assert m.proc.returncode == -signal.SIGKILL

@@ -17,6 +17,7 @@ import pytest
 
 from fencefs.etcd.localcluster import LocalCluster, free_ports
 from tests.support.mount import Mount
+from tests.support.procs import wait_traced
 
 HostsFactory = Callable[..., tuple[Mount, Mount]]   # the hosts fixtures (conftest.py)
 
@@ -192,7 +193,7 @@ def _kill_a_after_decision(a: Mount, text: str) -> None:
     tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(a.proc.pid), "-o",
                                os.devnull, "-e", "trace=write",
                                "-e", "inject=write:signal=KILL"], stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached to every thread
+    wait_traced(a.proc.pid, tracer.pid)  # attached to every thread
     try:
         with open(a.path("plan.md"), "w") as f:
             f.write(text)

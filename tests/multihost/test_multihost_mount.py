@@ -21,6 +21,7 @@ import pytest
 
 from fencefs.etcd.localcluster import LocalCluster
 from tests.support.mount import Mount
+from tests.support.procs import wait_traced
 
 HostsFactory = Callable[..., tuple[Mount, Mount]]   # the hosts fixture (conftest.py)
 
@@ -232,7 +233,7 @@ def test_refused_commit_never_labels_old_content_with_the_new_version(
                                "-e", "inject=write:delay_enter=4000000:when=1"],
                               stderr=subprocess.DEVNULL)
     try:
-        time.sleep(1.0)  # attached to every thread
+        wait_traced(b.proc.pid, tracer.pid)  # attached to every thread
         done = threading.Thread(target=lambda: b.seed("c", "1 from B"))
         done.start()
         cluster = a.extra[a.extra.index("--cluster") + 1]
