@@ -130,3 +130,68 @@ def test_killed_at_the_journal_write_of_a_commit(tmp_path: Path, op: str) -> Non
     finally:
         m.stop()
     assert not re.search(r"Traceback| ERROR ", m.log())
+
+
+@pytest.mark.parametrize("op", ["close", "rename", "unlink"])
+def test_killed_between_keeping_history_and_the_rename(tmp_path: Path, op: str) -> None:
+    """Killed at the install's rename, after the history link: the file
+    keeps v1 and, once the next mount has recovered, its history holds no
+    entry for v1 (that inode is the live content, not a past one), and the
+    journal accounts for the commit that never landed (an abandoned draft;
+    a ``failed`` line for a rename or unlink, which have no draft)."""
+    require_fuse()
+    if shutil.which("strace") is None:
+        if os.environ.get("CI"):
+            pytest.fail("strace is missing (scripts/setup installs it)")
+        pytest.skip("needs strace")
+    m = Mount(tmp_path)
+    m.start()
+    try:
+        path = m.seed("plan.md", "v1\n")
+        if op == "rename":
+            m.seed("plan.md.tmp", "v2\n")
+        assert m.proc is not None
+        # The first rename from now on is the commit's install, which runs
+        # right after the link that keeps v1 in the history.
+        tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(m.proc.pid), "-o",
+                                   os.devnull, "-e", "trace=rename,renameat,renameat2",
+                                   "-e", "inject=rename,renameat,renameat2:signal=KILL"],
+                                  stderr=subprocess.DEVNULL)
+        wait_traced(m.proc.pid, tracer.pid)
+        try:
+            if op == "close":
+                with open(path, "w") as f:
+                    f.write("v2\n")
+            elif op == "rename":
+                os.rename(m.path("plan.md.tmp"), path)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass  # the daemon died under the call
+        m.proc.wait(timeout=10)
+        assert m.proc.returncode == -9
+        tracer.wait(timeout=10)
+        kept = m.backing / ".fencefs" / "versions" / "plan.md" / "1"
+        live = os.stat(m.backing / "plan.md")
+        # The crash left the link: the same inode as the live file.
+        assert (os.stat(kept).st_ino, live.st_ino) == (live.st_ino, live.st_ino)
+        subprocess.run(["fusermount3", "-u", "-z", str(m.mnt)], capture_output=True)
+        if m.proc.stderr:
+            m.proc.stderr.close()
+        m.proc = None
+        m.start()
+        with open(path) as f:
+            assert f.read() == "v1\n"
+        assert int(os.getxattr(path, "user.fencefs.version")) == 1
+        assert not kept.exists()
+        assert os.listdir(m.backing / ".fencefs" / "drafts") == []
+        undone = [(e["event"], e.get("op")) for e in m.journal()
+                  if e.get("reason") == "daemon-restart"]
+        assert undone == [("abandoned", None) if op == "close" else ("failed", op)]
+        with open(path, "w") as f:  # the next commit keeps v1 again, as history
+            f.write("v2 again\n")
+        assert kept.read_text() == "v1\n"
+        assert_follows_the_specs(m.journal_path())
+    finally:
+        m.stop()
+    assert not re.search(r"Traceback| ERROR ", m.log())

@@ -39,6 +39,7 @@ from fencefs.engine.journaling import Journaling
 from fencefs.engine.writers import BIG, Writers
 from fencefs.store.backing import Backing, Fingerprint
 from fencefs.store.drafts import Draft, Drafts, close_quietly
+from fencefs.store.journal import last_record
 from fencefs.store.txn import is_staged
 
 log = logging.getLogger("fencefs.engine")
@@ -68,6 +69,9 @@ class CommitEngine:
         # Keeps the content a commit replaces (engine/history.py), called in
         # the install just before the rename or unlink; never raises.
         self.keep: Callable[[FileState, int], None] = lambda file, version: None
+        # At recovery: drops what ``keep`` retained for a commit a crash cut
+        # short before its rename (engine/history.py).
+        self.unkeep: Callable[[str], None] = lambda rel: None
         self.metrics = journaling.metrics
 
     # -- start-up ----------------------------------------------------------------
@@ -86,10 +90,37 @@ class CommitEngine:
             self.journaling.record("abandoned", target, identity=identity,
                                    pid=meta.get("pid"), rejected=name, reason="daemon-restart",
                                    draft=os.path.basename(path))
+            self.unkeep(target)
             count += 1
+        count += self._undo_unlanded_path_commit()
         if count:
             self.journaling.journal.sync()
         return count
+
+    def _undo_unlanded_path_commit(self) -> int:
+        """A path commit (rename over a file, unlink) is journaled ahead of
+        its rename or unlink, like any commit, but has no draft to name it
+        if a crash comes in between. Installs run one at a time on the
+        event loop, each right after its journal line, so only the
+        journal's last record can be one that never landed: if the path
+        still holds an older version than it names, the commit is recorded
+        as ``failed`` (and what history kept for it is dropped)."""
+        last = last_record(self.journaling.journal.path)
+        if (last is None or last.get("event") != "commit" or last.get("draft")
+                or last.get("op") not in ("rename", "unlink")):
+            return 0
+        rel, new = str(last.get("file")), int(last.get("new_version") or 0)
+        try:
+            persisted, _ = self.backing.read_state(rel)
+        except (OSError, ValueError):
+            return 0  # gone: the unlink (or a later one) landed
+        if persisted.version >= new:
+            return 0
+        self.journaling.record("failed", rel, identity=last.get("identity"),
+                               pid=last.get("pid"), op=last.get("op"), new_version=new,
+                               reason="daemon-restart")
+        self.unkeep(rel)
+        return 1
 
     # -- claims ------------------------------------------------------------------
 

@@ -87,6 +87,18 @@ class History:
         except OSError:
             return  # gone, or not reachable without following a link: nothing to keep
 
+    def unkeep(self, rel: str) -> None:
+        """At mount, for a path whose commit a crash cut short after
+        ``keep`` and before its rename or unlink (an abandoned draft, or the
+        journal's last path commit, see ``Commits.recover``): an entry kept
+        for the live file's own version is the live content, not history."""
+        try:
+            persisted, _ = self.backing.read_state(rel)
+            with self.backing.tree.parent(rel) as (dir_fd, name):
+                self.versions.unkeep(rel, (dir_fd, name), persisted.version)
+        except (OSError, ValueError):
+            return
+
     def moved(self, old: str, new: str, *, is_dir: bool) -> None:
         if self.policy.history:
             self.versions.moved(old, new, is_dir=is_dir)

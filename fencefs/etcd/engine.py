@@ -431,15 +431,18 @@ class EtcdCoordination(LocalCoordination):
 
     # -- start-up ----------------------------------------------------------------------
 
-    async def recover_drafts(self, drafts: Drafts, journaling: Journaling) -> int:
+    async def recover_drafts(self, drafts: Drafts, journaling: Journaling,
+                             unkeep: Callable[[str], None] = lambda rel: None) -> int:
         """This host's drafts orphaned by its previous life (see ``recover``);
-        those put away are journaled as ``abandoned``."""
+        those put away are journaled as ``abandoned``, and what history kept
+        for their commit is dropped (``unkeep``)."""
         orphans = [(path, str(meta.get("path", "?"))) for path, meta in drafts.orphans()]
 
         def put_away(draft: str, target: str) -> None:
             name = drafts.put_away(draft, target, "?", "abandoned")
             journaling.record("abandoned", target, rejected=name, reason="daemon-restart",
                               draft=os.path.basename(draft))
+            unkeep(target)
 
         if self.client is None:   # before the mount: a client of its own
             async with self.settings.client() as client:

@@ -117,6 +117,7 @@ class FenceOperations(pyfuse3.Operations):
                                self.files, self.journaling, self.metrics, keep,
                                durable=durable)
         self.commits.keep = self.history.keep
+        self.commits.unkeep = self.history.unkeep
         self.files.floor = self.history.floor
         self.ids = IdentityResolver(scope)
         self.txns = Transactions(self.coord, self.files, self.handles, self.drafts,

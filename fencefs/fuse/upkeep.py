@@ -56,7 +56,8 @@ class Upkeep:
     async def recover_across_hosts(self) -> int:
         """This host's orphaned drafts, with etcd (``EtcdCoordination.recover``)."""
         assert self.etcd is not None
-        return await self.etcd.recover_drafts(self.drafts, self.journaling)
+        return await self.etcd.recover_drafts(self.drafts, self.journaling,
+                                               self.history.unkeep)
 
     async def maintain(self, interval: float = 2.0) -> None:
         """Background upkeep: drop claims of identities that have exited;

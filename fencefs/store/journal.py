@@ -238,6 +238,28 @@ def _size(path: str) -> int:
         return 0
 
 
+def last_record(path: str, *, skip: tuple[str, ...] = ("segment",)) -> dict[str, Any] | None:
+    """The journal's last whole record whose event is not in ``skip`` (a
+    rotation's own line), read from the end: the current file, then the
+    newest segment."""
+    for p in [path, *[p for _, p in reversed(segments_of(path))][:1]]:
+        try:
+            with open(p, "rb") as f:
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(0, end - (64 << 10)))
+                tail = f.read()
+        except FileNotFoundError:
+            continue
+        for line in reversed(tail.split(b"\n")):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # empty, torn, or cut by the 64 KiB window
+            if isinstance(entry, dict) and entry.get("event") not in skip:
+                return entry
+    return None
+
+
 def read_journal(path: str, *, segments: bool = True) -> list[dict[str, Any]]:
     """Every entry, oldest first: the rotated segments in order, then the
     current file (``segments=False``: the current file alone)."""

@@ -11,7 +11,10 @@ entry is complete the moment its link exists, and a crash can leave no
 half-made entry: either the link is there, or it is not. An entry whose
 name disagrees with the version in its own state attribute (possible only
 after a crash between the link and the rename, followed by a foreign write)
-is not listed and is dropped by the next trim.
+is not listed and is dropped by the next trim. A crash between the link and
+the rename (or unlink) it precedes leaves an entry that is the live file
+itself; the next mount drops it (``unkeep``) when it puts that commit's
+draft away or records the path commit as failed.
 
 The tree under ``versions/`` mirrors the paths of the files, so renaming a
 directory carries its files' history in one rename. Path components are
@@ -180,6 +183,24 @@ class VersionStore:
             # here: dropping a version frees its inode, which costs far more
             # than the link (ext4: hundreds of microseconds).
             self.on_due()
+        return True
+
+    def unkeep(self, rel: str, source: Source, version: int) -> bool:
+        """Drop the entry a crash left between ``keep`` and the rename it
+        preceded: an entry named by the live file's own ``version`` and
+        holding its very inode is the current content, not a past one.
+        Returns whether one was dropped."""
+        name, dir_fd = _at(source)
+        dest = self.location(rel, version)
+        try:
+            live = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            kept = os.lstat(dest)
+            if (kept.st_ino, kept.st_dev) != (live.st_ino, live.st_dev):
+                return False
+            os.unlink(dest)
+        except OSError:
+            return False
+        self.count = max(0, self.count - 1)
         return True
 
     def _replace(self, source: Source, dest: str) -> str:
