@@ -18,6 +18,8 @@ import stat
 from typing import Any
 
 from fencefs import wire
+from fencefs.metrics import parse_address
+from fencefs.store.retention import parse_count, parse_duration, parse_size
 
 
 class UsageError(Exception):
@@ -117,6 +119,10 @@ _VALUED: dict[str, Any] = {
     "durability": ("full", "none"), "identity": ("agent", "process", "thread", "session"),
     "policy": ("optimistic", "exclusive"), "lease_ttl": "duration", "wait": "duration",
     "sweep_after": "duration", "max_observations": "count", "shared_glob": "append",
+    # What the mount keeps (fencefs/cli_history.py has the long options).
+    "keep_versions": parse_count, "keep_for": parse_duration, "keep_rejected": parse_count,
+    "keep_rejected_bytes": parse_size, "keep_rejected_for": parse_duration,
+    "journal_max": parse_size, "metrics": parse_address,
 }
 _FLAGS = ("allow_other", "debug", "no_default_shared_globs")
 # Passed on to the kernel's mount of the FUSE filesystem.
@@ -152,6 +158,11 @@ def apply_options(args: argparse.Namespace) -> list[str]:
 
 
 def _option_value(name: str, value: str, kind: Any, args: argparse.Namespace) -> Any:
+    if callable(kind):
+        try:
+            return kind(value)
+        except ValueError as e:
+            raise UsageError(f"mount option {name}: {e}") from None
     if isinstance(kind, tuple):
         if value not in kind:
             raise UsageError(f"mount option {name} must be one of {', '.join(kind)}")

@@ -110,11 +110,25 @@ def test_mount_options_map_to_the_command_line() -> None:
     assert kernel == [] and not args.allow_other and args.durability == "full"
 
 
+def test_retention_and_metrics_mount_options() -> None:
+    """What the mount keeps, in -o form too (an fstab line has no --keep-...)."""
+    args, kernel = parse_mount(
+        "B", "M", "-o", "keep_versions=5,keep-for=2d,keep_rejected=10,"
+                        "keep_rejected_bytes=1M,keep_rejected_for=12h,journal_max=64M,"
+                        "metrics=127.0.0.1:9464")
+    assert kernel == []
+    assert (args.keep_versions, args.keep_for, args.keep_rejected) == (5, 2 * 86400.0, 10)
+    assert (args.keep_rejected_bytes, args.keep_rejected_for) == (1 << 20, 12 * 3600.0)
+    assert (args.journal_max, args.metrics) == (64 << 20, ("127.0.0.1", 9464))
+
+
 @pytest.mark.parametrize(("option", "words"), [
     ("bogus", "unknown mount option 'bogus'"), ("durability=maybe", "one of full, none"),
     ("policy", "takes a value"), ("allow_other=1", "takes no value"),
     ("lease_ttl=soon", "not a duration"), ("max_observations=many", "not a number"),
-    ("nosuid=1", "takes no value"),
+    ("nosuid=1", "takes no value"), ("keep_versions=-1", "not a count"),
+    ("keep_for=soon", "not a duration"), ("journal_max=lots", "not a size"),
+    ("metrics=host:port", "not an address"),
 ])
 def test_bad_mount_options_are_refused(option: str, words: str) -> None:
     with pytest.raises(UsageError, match=words):
