@@ -155,6 +155,49 @@ def test_restore_racing_a_writer_gets_eagain(mount: Mount,
     assert (entry["restored_from"], entry["new_version"]) == (1, 6)
 
 
+# A `fencefs restore` process whose state read goes stale before its open: a
+# writer's commit lands right after the first read (the module-level hook
+# stands in for a writer that is quicker than the command).
+_STALE_RESTORE = """
+import sys
+from fencefs import cli, client_history
+real = client_history.history
+calls = []
+def stale(p):
+    got = real(p)
+    if not calls:
+        with open(p, "w") as f:
+            f.write("a writer's update\\n")
+    calls.append(p)
+    return got
+client_history.history = stale
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_restore_command_exit_code_on_a_conflict(mount: Mount, retry: bool) -> None:
+    """`fencefs restore` that loses a race exits 75 (EX_TEMPFAIL: run again)
+    and changes nothing; with --retry it reads again and lands."""
+    path = mount.path("plan.md")
+    write(path, "one\n")
+    write(path, "two\n")
+    out = subprocess.run([sys.executable, "-c", _STALE_RESTORE, "restore", path,
+                          "--version", "1", *(["--retry"] if retry else [])],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    if retry:
+        assert out.returncode == 0, out.stderr
+        assert read(path) == "one\n"
+        assert int(os.getxattr(path, "user.fencefs.version")) == 4
+    else:
+        assert out.returncode == 75, out.stderr
+        assert "conflict" in out.stderr and "--retry" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+        assert read(path) == "a writer's update\n"
+        assert int(os.getxattr(path, "user.fencefs.version")) == 3
+        assert not [x for x in mount.journal() if x.get("op") == "restore"]
+
+
 def test_restore_of_a_reclaimed_file_is_fenced(mount: Mount) -> None:
     path = mount.path("f")
     write(path, "one")
