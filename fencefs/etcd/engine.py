@@ -43,6 +43,7 @@ from fencefs.engine.journaling import Journaling
 from fencefs.etcd import coordination as co
 from fencefs.etcd.client import EtcdClient, EtcdError, EtcdUnreachable, LeaseNotFound, Put
 from fencefs.etcd.keys import Holder, Layout, Marker, Record
+from fencefs.etcd.reads import Reads
 from fencefs.store.drafts import Drafts
 
 log = logging.getLogger("fencefs.etcd")
@@ -128,6 +129,7 @@ class EtcdCoordination(LocalCoordination):
         # resolves, never following a symlink out of the backing directory
         self.drafts = drafts
         self.client: EtcdClient | None = None
+        self.reads: Reads | None = None   # the opens' reads, batched
         self.lease = 0
         # per path: (version, the file key's mod_revision at that version)
         self._rev: dict[str, tuple[int, int]] = {}
@@ -144,6 +146,7 @@ class EtcdCoordination(LocalCoordination):
         ttl = max(2, int(round(self.lease_ttl)))
         async with self.settings.client() as client, trio.open_nursery() as nursery:
             self.client = client
+            self.reads = Reads(client, self.layout)
             self._nursery = nursery
             await self._grant(ttl)
             task_status.started()
@@ -160,6 +163,9 @@ class EtcdCoordination(LocalCoordination):
                     except EtcdError as e:
                         log.warning("lease keepalive failed: %s", e)
             finally:
+                if self.reads is not None and self.reads.served:
+                    log.info("etcd: %d open reads in %d transactions", self.reads.served,
+                             self.reads.sent)
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
                         await client.lease_revoke(self.lease)
@@ -186,7 +192,8 @@ class EtcdCoordination(LocalCoordination):
         """Read the file from etcd and bring this host's view up to it,
         rolling the installed file forward to the record if needed."""
         client = self._client(path)
-        view = await co.read(client, self.layout, path)
+        view = await (self.reads.read(path) if self.reads is not None
+                      else co.read(client, self.layout, path))
         file = self.core.get(path)
         if view.record is None and file is not None and (file.version or file.epoch):
             # first use in the cluster of a file that already has history
