@@ -254,6 +254,8 @@ class EtcdClient:
 
     async def _post(self, path: str, body: dict[str, Any],
                     timeout: float | None = None) -> dict[str, Any]:
+        if self._user and self._token is None and path != "/v3/auth/authenticate":
+            await self._authenticate()    # every client, not only one that connect()ed
         deadline = trio.current_time() + (self.timeout if timeout is None else timeout)
         ambiguous = False
         last = "no attempt"
