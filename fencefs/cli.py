@@ -45,7 +45,7 @@ def etcd_settings(args: argparse.Namespace) -> Any:
     """The --etcd options, checked (bad input: UsageError); None without --etcd."""
     if args.etcd is None:
         for name in ("cluster", "host_id", "etcd_cacert", "etcd_cert", "etcd_key",
-                     "etcd_user", "etcd_password_file"):
+                     "etcd_user", "etcd_password_file", "etcd_start_timeout"):
             if getattr(args, name) is not None:
                 raise UsageError(f"--{name.replace('_', '-')} needs --etcd")
         return None
@@ -86,8 +86,11 @@ def etcd_settings(args: argparse.Namespace) -> Any:
         if not password:
             raise UsageError(f"--etcd-user {user}: no password (--etcd-password-file FILE "
                              f"or $FENCEFS_ETCD_PASSWORD)")
+    patience = 30.0 if args.etcd_start_timeout is None else args.etcd_start_timeout
+    if not patience >= 0:
+        raise UsageError(f"--etcd-start-timeout: not a number of seconds: {patience}")
     return EtcdSettings(urls, cluster, host, args.etcd_cacert, args.etcd_cert, args.etcd_key,
-                        user, password)
+                        user, password, start_timeout=patience)
 
 
 def check_etcd_mount(settings: Any, backing: str) -> None:
@@ -185,7 +188,7 @@ def _mount(args: argparse.Namespace) -> int:
     command += cli_history.mount_argv(args)
     if etcd is not None:
         command += ["--etcd", ",".join(etcd.urls), "--cluster", etcd.cluster,
-                    "--host-id", etcd.host]
+                    "--host-id", etcd.host, "--etcd-start-timeout", str(etcd.start_timeout)]
         for name in ("etcd_cacert", "etcd_cert", "etcd_key", "etcd_user",
                      "etcd_password_file"):   # (a password in the environment is inherited)
             if getattr(args, name) is not None:
@@ -492,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--etcd-password-file or $FENCEFS_ETCD_PASSWORD")
     m.add_argument("--etcd-password-file", metavar="FILE",
                    help="with --etcd-user: a file whose first line is the password")
+    m.add_argument("--etcd-start-timeout", metavar="SECONDS", type=float,
+                   help="with --etcd: how long the daemon retries an unreachable etcd "
+                        "while it starts (default 30)")
     m.add_argument("--max-observations", type=int, default=100_000,
                    help="cap on remembered read claims (default 100000; oldest dropped)")
     cli_history.add_mount_options(m)
