@@ -159,6 +159,7 @@ class EtcdCoordination(LocalCoordination):
             # before the nursery: a failure here is the caller's, not a group
             await patiently("taking this host's lease", lambda: self._grant(ttl),
                             self.settings.start_timeout)
+            await client.prefer_leader()
             await self._keep(client, ttl, task_status)
 
     async def _keep(self, client: EtcdClient, ttl: int,
@@ -172,6 +173,7 @@ class EtcdCoordination(LocalCoordination):
                     await trio.sleep(ttl / 3)
                     try:
                         await client.lease_keepalive(self.lease)
+                        await client.prefer_leader()   # (a new one after an election)
                     except LeaseNotFound:
                         log.warning("lease %x of host %s expired: its holds are gone",
                                     self.lease, self.host)

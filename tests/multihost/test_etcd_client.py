@@ -177,3 +177,15 @@ async def test_leader_killed_write_resumes(own_etcd: LocalCluster, prefix: bytes
         print(f"write after leader kill took {gap:.2f} s")
         own_etcd.start_member(leader)
         assert own_etcd.healthy(leader)
+
+
+async def test_prefer_leader_finds_the_leader_past_a_dead_member(etcd: LocalCluster,
+                                                                 prefix: bytes) -> None:
+    leader = etcd.leader()
+    assert leader is not None
+    async with EtcdClient([dead_url(), *etcd.urls]) as c:
+        assert await c.prefer_leader() == leader + 1
+        await c.put(prefix + b"k", b"v")          # sent to the leader first
+        assert c._preferred == leader + 1
+    async with EtcdClient([dead_url()]) as c:     # nobody answers: no preference, no error
+        assert await c.prefer_leader() is None
