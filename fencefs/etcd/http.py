@@ -187,7 +187,7 @@ class HttpClient:
         finally:
             if keep and len(m.idle) < MAX_IDLE:
                 m.idle.append(conn)
-            elif not keep:
+            else:
                 conn.sock.close()
         return resp
 
