@@ -101,6 +101,7 @@ async def check_mount(settings: EtcdSettings, backing: str, create: bool) -> str
     starts the daemon); the daemon calls it with ``create`` True."""
     layout = Layout(settings.cluster)
     meta = os.path.join(backing, ".fencefs")
+
     async def check(client: EtcdClient) -> str | None:
         await client.connect()
         if create:

@@ -65,7 +65,7 @@ class Upkeep:
         await self.history.scan()
         # trio's clock, not time.monotonic(): trio's starts at a random
         # offset, and a monotonic deadline handed to move_on_at is long past,
-        # which made this loop spin (a core's worth of sweeps)
+        # which made this loop spin (a third of a busy daemon's CPU)
         tick = trio.current_time() + interval
         while True:
             with trio.move_on_at(tick):  # or earlier, when a file's history is full
