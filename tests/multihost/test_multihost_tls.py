@@ -143,3 +143,41 @@ def test_tls_and_auth_mistakes_are_one_line_errors(
         proc, backing = _mount(tmp_path, cluster, *opts, env=env)
         _one_line_exit_2(proc, *words)
         assert list(backing.iterdir()) == [], opts     # nothing written
+
+
+def test_background_mount_keeps_the_password_out_of_every_command_line(
+        tls_etcd: tuple[LocalCluster, Path], tmp_path: Path) -> None:
+    """A background mount (no --foreground) with relative paths: its daemon
+    gets the password file's path, never the password."""
+    from fencefs.daemon import pid_file
+    from tests.support.mount import mounted, require_fuse
+
+    require_fuse()
+    cluster, certs = tls_etcd
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    for name in ("ca.pem", "client.pem", "client-key.pem"):
+        shutil.copy(certs / name, tmp_path / name)
+    (tmp_path / "backing").mkdir()
+    (tmp_path / "mnt").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "fencefs.cli", "mount", "--etcd", cluster.endpoints,
+         "--cluster", f"tls-{uuid.uuid4().hex[:8]}", "--etcd-cacert", "ca.pem",
+         "--etcd-cert", "client.pem", "--etcd-key", "client-key.pem", "--etcd-user", "fencefs",
+         "--etcd-password-file", "pw", "backing", "mnt"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "FENCEFS_ETCD_PASSWORD"})
+    mnt = tmp_path / "mnt"
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert mounted(str(mnt))
+        with open(pid_file(str(tmp_path / "backing"), str(mnt))) as f:
+            pid = int(f.readline())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert PASSWORD.encode() not in b" ".join(argv)
+        assert str(tmp_path / "pw").encode() in argv     # the path, made absolute
+        (mnt / "f").write_text("over TLS, in the background\n")
+        assert (mnt / "f").read_text() == "over TLS, in the background\n"
+    finally:
+        done = subprocess.run([sys.executable, "-m", "fencefs.cli", "unmount", str(mnt)],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
