@@ -45,7 +45,7 @@ def etcd_settings(args: argparse.Namespace) -> Any:
     """The --etcd options, checked (bad input: UsageError); None without --etcd."""
     if args.etcd is None:
         for name in ("cluster", "host_id", "etcd_cacert", "etcd_cert", "etcd_key",
-                     "etcd_user"):
+                     "etcd_user", "etcd_password_file", "etcd_start_timeout"):
             if getattr(args, name) is not None:
                 raise UsageError(f"--{name.replace('_', '-')} needs --etcd")
         return None
@@ -60,18 +60,37 @@ def etcd_settings(args: argparse.Namespace) -> Any:
                              f"{socket.gethostname()}:{os.path.realpath(args.mountpoint)}")
     except ValueError as e:
         raise UsageError(f"--etcd: {e}") from None
-    for name in ("etcd_cacert", "etcd_cert", "etcd_key"):
+    for name in ("etcd_cacert", "etcd_cert", "etcd_key", "etcd_password_file"):
         path = getattr(args, name)
         if path is not None and not os.path.isfile(path):
             raise UsageError(f"--{name.replace('_', '-')}: no such file: {path}")
     if (args.etcd_cert is None) != (args.etcd_key is None):
         raise UsageError("--etcd-cert and --etcd-key go together")
     user = password = None
+    if args.etcd_password_file is not None and args.etcd_user is None:
+        raise UsageError("--etcd-password-file needs --etcd-user")
     if args.etcd_user is not None:
-        user, _, password = args.etcd_user.partition(":")
-        password = password or os.environ.get("FENCEFS_ETCD_PASSWORD", "")
+        user = args.etcd_user
+        if not user or ":" in user:
+            raise UsageError("--etcd-user takes a user name only: the password comes from "
+                             "--etcd-password-file FILE or $FENCEFS_ETCD_PASSWORD, never "
+                             "from the command line")
+        password = os.environ.get("FENCEFS_ETCD_PASSWORD")
+        if args.etcd_password_file is not None:
+            try:
+                with open(args.etcd_password_file) as f:
+                    password = f.readline().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as e:
+                raise UsageError(f"--etcd-password-file: cannot read "
+                                 f"{args.etcd_password_file}: {e}") from None
+        if not password:
+            raise UsageError(f"--etcd-user {user}: no password (--etcd-password-file FILE "
+                             f"or $FENCEFS_ETCD_PASSWORD)")
+    patience = 30.0 if args.etcd_start_timeout is None else args.etcd_start_timeout
+    if not patience >= 0:
+        raise UsageError(f"--etcd-start-timeout: not a number of seconds: {patience}")
     return EtcdSettings(urls, cluster, host, args.etcd_cacert, args.etcd_cert, args.etcd_key,
-                        user, password)
+                        user, password, start_timeout=patience)
 
 
 def check_etcd_mount(settings: Any, backing: str) -> None:
@@ -169,10 +188,13 @@ def _mount(args: argparse.Namespace) -> int:
     command += cli_history.mount_argv(args)
     if etcd is not None:
         command += ["--etcd", ",".join(etcd.urls), "--cluster", etcd.cluster,
-                    "--host-id", etcd.host]
-        for name in ("etcd_cacert", "etcd_cert", "etcd_key", "etcd_user"):
+                    "--host-id", etcd.host, "--etcd-start-timeout", str(etcd.start_timeout)]
+        for name in ("etcd_cacert", "etcd_cert", "etcd_key", "etcd_user",
+                     "etcd_password_file"):   # (a password in the environment is inherited)
             if getattr(args, name) is not None:
-                command += [f"--{name.replace('_', '-')}", getattr(args, name)]
+                value = getattr(args, name)
+                command += [f"--{name.replace('_', '-')}",
+                            value if name == "etcd_user" else os.path.abspath(value)]
     if args.debug:
         command.append("--debug")
     if args.allow_other:
@@ -468,9 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--etcd-cacert", metavar="FILE", help="with --etcd: CA bundle (https)")
     m.add_argument("--etcd-cert", metavar="FILE", help="with --etcd: client certificate")
     m.add_argument("--etcd-key", metavar="FILE", help="with --etcd: client key")
-    m.add_argument("--etcd-user", metavar="USER[:PASSWORD]",
-                   help="with --etcd: etcd authentication (password also from "
-                        "$FENCEFS_ETCD_PASSWORD)")
+    m.add_argument("--etcd-user", metavar="USER",
+                   help="with --etcd: etcd authentication as USER; the password from "
+                        "--etcd-password-file or $FENCEFS_ETCD_PASSWORD")
+    m.add_argument("--etcd-password-file", metavar="FILE",
+                   help="with --etcd-user: a file whose first line is the password")
+    m.add_argument("--etcd-start-timeout", metavar="SECONDS", type=float,
+                   help="with --etcd: how long the daemon retries an unreachable etcd "
+                        "while it starts (default 30)")
     m.add_argument("--max-observations", type=int, default=100_000,
                    help="cap on remembered read claims (default 100000; oldest dropped)")
     cli_history.add_mount_options(m)

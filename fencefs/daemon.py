@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import pyfuse3
 import trio
 
+from fencefs.etcd.client import EtcdError
 from fencefs.etcd.engine import EtcdSettings, check_mount
 from fencefs.fuse.identity import mount_id_of
 from fencefs.fuse.operations import FenceOperations
@@ -106,7 +107,10 @@ def serve(
         if reason is not None:
             raise MountFailed(f"cannot mount across hosts: {reason}")
         # this host's drafts from its previous life, before any request
-        mine = trio.run(ops.recover_across_hosts)
+        try:
+            mine = trio.run(ops.recover_across_hosts)
+        except EtcdError as e:
+            raise MountFailed(f"cannot mount across hosts: {e}") from None
         if mine:
             log.warning("put away %d draft(s) left by this host's earlier daemon", mine)
     # (the pid file's name looks at the mount point: before it is mounted)
@@ -129,8 +133,12 @@ def serve(
         f.write(f"{os.getpid()}\n{os.path.abspath(mountpoint)}\n")
     clean = False
     try:
-        trio.run(_main, ops, ready_fd, upkeep_interval)
+        failed = trio.run(_main, ops, ready_fd, upkeep_interval)
+        if failed is not None:   # (unmounted by the finally below)
+            raise MountFailed(failed)
         clean = True
+    except MountFailed:
+        raise
     except BaseException as exc:  # noqa: BLE001 - report whatever stopped the loop
         if not _only_cancelled(exc):
             log.error("fencefs stopped on an error", exc_info=exc)
@@ -232,17 +240,24 @@ def _only_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, (KeyboardInterrupt, trio.Cancelled))
 
 
-async def _main(ops: FenceOperations, ready_fd: int | None, upkeep_interval: float) -> None:
+async def _main(ops: FenceOperations, ready_fd: int | None, upkeep_interval: float
+                ) -> str | None:
+    """Serve until unmounted; the reason, if the daemon could not start serving."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_serve_fuse, nursery.cancel_scope)
         nursery.start_soon(ops.maintain, upkeep_interval)
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
         if ops.etcd is not None:
-            await nursery.start(ops.etcd.run)
+            try:   # (its lease: retried within --etcd-start-timeout)
+                await nursery.start(ops.etcd.run)
+            except EtcdError as e:
+                nursery.cancel_scope.cancel()
+                return f"cannot serve across hosts: {e}"
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
         log.info("fencefs ready")
+    return None
 
 
 async def _serve_fuse(scope: trio.CancelScope) -> None:

