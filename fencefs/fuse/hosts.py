@@ -150,8 +150,10 @@ class Hosts:
                 await self.reclaim_remote(Caller("fencefs-sweep", os.getpid()),
                                           lambda p: True, expired=False,
                                           idle_after=sweep_after)
-        except (EtcdError, FenceError) as e:
+        except (EtcdError, FenceError, OSError) as e:
             log.warning("cluster upkeep: %s", e)
+        except Exception as e:  # noqa: BLE001 - the upkeep must outlive a surprise
+            log.warning("cluster upkeep failed (%s): %s", type(e).__name__, e)
 
     async def _apply_policies(self) -> None:
         for path, (policy, ino) in (await self.etcd.policies()).items():

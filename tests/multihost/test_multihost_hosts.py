@@ -119,10 +119,11 @@ def hosts_of(m: Mount) -> dict[str, dict[str, object]]:
     return {h["host"]: h for h in json.loads(os.getxattr(str(m.mnt), "user.fencefs.hosts"))}
 
 
-def wait_for(what: Callable[[], bool], why: str, timeout: float = 30.0) -> None:
+def wait_for(what: Callable[[], bool], why: str, timeout: float = 30.0,
+             *logs: Mount) -> None:
     deadline = time.monotonic() + timeout
     while not what():
-        assert time.monotonic() < deadline, why
+        assert time.monotonic() < deadline, "\n".join([why, *(m.log() for m in logs)])
         time.sleep(0.05)
 
 
@@ -244,7 +245,7 @@ def test_sweep_after_on_b_reclaims_a_dead_hosts_claim(hosts: HostsFactory) -> No
     try:
         with frozen(a):
             wait_for(lambda: int(os.getxattr(b.path("plan.md"), "user.fencefs.epoch")) == 1,
-                     "B's sweep never reclaimed the dead host's claim")
+                     "B's sweep never reclaimed the dead host's claim", 30.0, b)
             assert claims_of(status(b), "plan.md") == []
     finally:
         result = on_a.close()
