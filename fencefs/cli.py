@@ -526,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the argument is the mount point)")
     r.set_defaults(func=cmd_reclaim)
 
-    lg = sub.add_parser("log", help="print the journal")
+    lg = sub.add_parser("log", help="print the journal (with --etcd: every host's, merged "
+                                    "by etcd revision)")
     lg.add_argument("mountpoint")
     lg.add_argument("file", nargs="?")
     lg.add_argument("--json", action="store_true")

@@ -46,7 +46,10 @@ class Hosts:
 
     async def status(self, local: list[FileState], may_read: Callable[[str], bool],
                      now: float) -> bytes:
-        cluster = await self._cluster()
+        try:
+            cluster = await self._cluster()
+        except Unreachable:   # etcd down: this host's claims still show
+            cluster = hs.Cluster([], {}, {}, 0)
         me = self.etcd.host
         entries = {}
         for state in local:

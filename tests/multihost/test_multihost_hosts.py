@@ -11,7 +11,9 @@ test; a dead host's claims not reclaimable (``hosts.reclaimable`` skipping
 them): the reclaim --expired and sweep tests; no sweep in ``Hosts.tick``:
 the sweep test; no revision on journal lines (``Revisions.revision_of``
 returning None): the log test; the policy not applied at refresh
-(``EtcdCoordination._saw``): the policy test.
+(``EtcdCoordination._saw``): ``test_policy_set_on_a_applies_on_b``; not
+applied at the tick (``Hosts._apply_policies``): the test after it. The
+merge itself: tests/multihost/test_journal_merge.py.
 """
 
 from __future__ import annotations
@@ -271,3 +273,13 @@ def test_policy_set_on_a_applies_on_b(hosts: HostsFactory) -> None:
         assert info.value.errno == errno.EBUSY
     finally:
         assert on_b.close() == "ok"
+
+
+def test_policy_set_on_a_reaches_b_without_a_write(hosts: HostsFactory) -> None:
+    """B learns the policy at its upkeep tick too: its readers see it."""
+    a, b = hosts("--upkeep-interval", "0.2")
+    a.seed("plan.md", "0")
+    assert os.getxattr(b.path("plan.md"), "user.fencefs.policy") == b"optimistic"
+    os.setxattr(a.path("plan.md"), "user.fencefs.policy", b"exclusive")
+    wait_for(lambda: os.getxattr(b.path("plan.md"), "user.fencefs.policy") == b"exclusive",
+             "B never applied the policy A set", 30.0, b)
