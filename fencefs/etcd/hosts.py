@@ -31,6 +31,7 @@ from fencefs.etcd.keys import ClaimRecord, Layout, Record
 log = logging.getLogger("fencefs.etcd")
 
 BATCH = 64          # ops per transaction (etcd's default limit is 128)
+GATHER = 0.05       # seconds a publication waits for others to join its batch
 
 
 @dataclass(frozen=True)
@@ -175,11 +176,15 @@ async def read_policies(client: EtcdClient, layout: Layout) -> dict[str, tuple[s
 # -- the board: this host's publications -------------------------------------------
 
 class Board:
-    """Puts and deletes sent in order by one task, batched; the last word on
-    a key wins (a claim made and released before it was sent is never sent)."""
+    """Puts and deletes sent in order by one task, batched (it gathers for
+    ``GATHER`` seconds first); the last word on a key wins, and a key put and
+    deleted before its put was sent is never sent: a claim made and released
+    within a batch's gathering costs etcd nothing."""
 
     def __init__(self) -> None:
         self._pending: dict[bytes, bytes | None] = {}
+        self._out: set[bytes] = set()   # keys etcd may hold (a put sent or in flight)
+        self._sending = False
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -189,6 +194,11 @@ class Board:
         self._kick()
 
     def delete(self, key: bytes) -> None:
+        if key not in self._out and self._pending.get(key) is not None:
+            del self._pending[key]      # never sent: nothing to delete
+            if not self._pending and not self._sending:
+                self._idle.set()
+            return
         self._pending[key] = None
         self._kick()
 
@@ -204,14 +214,21 @@ class Board:
         backoff = 0.1
         while True:
             await self._wake.wait()
+            await trio.sleep(GATHER)
             self._wake = trio.Event()
             batch, self._pending = self._pending, {}
+            if not batch:
+                self._idle.set()
+                continue
+            self._out.update(k for k, v in batch.items() if v is not None)
             ops: list[Op] = [Put(k, v) if v is not None else Delete(k)
                              for k, v in batch.items()]
+            self._sending = True
             try:
                 for i in range(0, len(ops), BATCH):
                     await client.txn([], ops[i:i + BATCH])
                 backoff = 0.1
+                self._out.difference_update(k for k, v in batch.items() if v is None)
             except EtcdError as e:
                 log.warning("could not publish %d claim change(s): %s", len(ops), e)
                 for k, v in batch.items():
@@ -220,6 +237,8 @@ class Board:
                 await trio.sleep(backoff)
                 backoff = min(2.0, backoff * 2)
                 continue
+            finally:
+                self._sending = False
             if not self._pending:
                 self._idle.set()
 

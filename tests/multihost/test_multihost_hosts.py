@@ -244,7 +244,8 @@ def test_sweep_after_on_b_reclaims_a_dead_hosts_claim(hosts: HostsFactory) -> No
     a, b = hosts("--lease-ttl", "2", "--sweep-after", "3s", "--upkeep-interval", "0.5")
     a.seed("plan.md", "0")
     on_a = Holder(a.path("plan.md"), "stale from A", "agent-a")
-    try:
+    try:   # claims are published just after the open (a batch): wait until it is
+        wait_for(lambda: bool(claims_of(status(b), "plan.md")), "A's claim never showed on B")
         with frozen(a):
             wait_for(lambda: int(os.getxattr(b.path("plan.md"), "user.fencefs.epoch")) == 1,
                      "B's sweep never reclaimed the dead host's claim", 30.0, b)
