@@ -110,7 +110,7 @@ def test_one_winner_across_hosts(hosts: HostsFactory) -> None:
     assert read(a.path("counter")) == f"writer-{winners[0]}"
     assert read(b.path("counter")) == f"writer-{winners[0]}"
     assert version(a.path("counter")) == 2 and version(b.path("counter")) == 2
-    # every refusal journaled (one journal in the shared backing); bytes that
+    # every refusal journaled (the hosts' journals, merged: Mount.journal); bytes that
     # reached a draft before the refusal are under rejected/
     conflicts = [e for e in a.journal() if e.get("event") == "conflict"]
     assert len(conflicts) == 7
