@@ -12,7 +12,8 @@ them): the reclaim --expired and sweep tests; no sweep in ``Hosts.tick``:
 the sweep test; no revision on journal lines (``Revisions.revision_of``
 returning None): the log test; the policy not applied at refresh
 (``EtcdCoordination._saw``): ``test_policy_set_on_a_applies_on_b``; not
-applied at the tick (``Hosts._apply_policies``): the test after it. The
+applied at the tick (``Hosts._apply_policies``): the test after it; no
+identity match across hosts (``Hosts.reclaim_remote``): the --agent test. The
 merge itself: tests/multihost/test_journal_merge.py.
 """
 
@@ -284,3 +285,21 @@ def test_policy_set_on_a_reaches_b_without_a_write(hosts: HostsFactory) -> None:
     os.setxattr(a.path("plan.md"), "user.fencefs.policy", b"exclusive")
     wait_for(lambda: os.getxattr(b.path("plan.md"), "user.fencefs.policy") == b"exclusive",
              "B never applied the policy A set", 30.0, b)
+
+
+def test_reclaim_agent_on_b_reaches_the_agents_claim_on_a(hosts: HostsFactory) -> None:
+    """``fencefs reclaim --agent ID`` on B fences ID's writer on live host A."""
+    a, b = hosts()
+    a.seed("plan.md", "0")
+    on_a = Holder(a.path("plan.md"), "stale from A", "planner")
+    try:
+        wait_for(lambda: bool(claims_of(status(b), "plan.md")), "A's claim never showed on B")
+        proc = fencefs("reclaim", "--agent", "planner", str(b.mnt))
+        assert proc.returncode == 0, proc.stderr
+        assert "plan.md: reclaimed, epoch 1" in proc.stdout
+    finally:
+        result = on_a.close()
+    assert result == f"err {errno.ESTALE}"
+    assert read(a.path("plan.md")) == "0"
+    (reclaim,) = [e for e in b.journal() if e["event"] == "reclaim"]
+    assert (reclaim["host"], reclaim["reason"]) == ("host-B", "identity=agent:planner")
