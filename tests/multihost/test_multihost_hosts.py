@@ -13,7 +13,11 @@ the sweep test; no revision on journal lines (``Revisions.revision_of``
 returning None): the log test; the policy not applied at refresh
 (``EtcdCoordination._saw``): ``test_policy_set_on_a_applies_on_b``; not
 applied at the tick (``Hosts._apply_policies``): the test after it; no
-identity match across hosts (``Hosts.reclaim_remote``): the --agent test. The
+identity match across hosts (``Hosts.reclaim_remote``), or no revision
+on a refusal etcd decided (``Revisions.refused_at``): the --agent test; no
+revision on an operator's reclaim (``EtcdCoordination.reclaim``): the
+reclaim --expired test; on an exclusive takeover (``_hold``):
+test_multihost_mount's frozen-host test. The
 merge itself: tests/multihost/test_journal_merge.py.
 """
 
@@ -301,5 +305,11 @@ def test_reclaim_agent_on_b_reaches_the_agents_claim_on_a(hosts: HostsFactory) -
         result = on_a.close()
     assert result == f"err {errno.ESTALE}"
     assert read(a.path("plan.md")) == "0"
-    (reclaim,) = [e for e in b.journal() if e["event"] == "reclaim"]
+    history = b.journal()
+    (reclaim,) = [e for e in history if e["event"] == "reclaim"]
     assert (reclaim["host"], reclaim["reason"]) == ("host-B", "identity=agent:planner")
+    # A's refusal was decided by etcd (A had not heard of the reclaim): it
+    # carries the revision it was read at, so the merge puts it after the reclaim
+    (fenced,) = [e for e in history if e["event"] == "fenced"]
+    assert fenced["host"] == "host-A" and fenced["rev"] >= reclaim["rev"]
+    assert history.index(fenced) > history.index(reclaim)
