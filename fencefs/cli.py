@@ -322,10 +322,15 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
             os.setxattr(mountpoint, name, value)
         except OSError as e:
             raise UsageError(f"{mountpoint}: {e.strerror}") from None
-        after = _status_rows(mountpoint)
-        done = [r for r in after if r.file in before and r.epoch != before[r.file]]
-        for row in done:
-            print(f"{shown(row.file)}: reclaimed, epoch {row.epoch}")
+        after = {r.file: r.epoch for r in _status_rows(mountpoint)}
+        for file in set(before) - set(after):  # --etcd: a dead host's claims are gone now
+            try:
+                after[file] = int(os.getxattr(os.path.join(mountpoint, file), wire.EPOCH))
+            except (OSError, ValueError):
+                continue
+        done = sorted((f, e) for f, e in after.items() if f in before and e != before[f])
+        for file, new_epoch in done:
+            print(f"{shown(file)}: reclaimed, epoch {new_epoch}")
         if not done:
             print("nothing to reclaim")
         return 0
@@ -370,6 +375,14 @@ def _status_rows(mountpoint: str) -> list[wire.StatusEntry]:
         raise UsageError(f"{mountpoint}: {e}") from None
 
 
+def _hosts_of(mountpoint: str) -> list[wire.HostEntry]:
+    """The hosts of an --etcd mount's cluster; [] on one host."""
+    try:
+        return wire.parse_hosts(os.getxattr(mountpoint, wire.HOSTS))
+    except (OSError, ValueError):
+        return []
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     rows: list[wire.StatusEntry] = []
     if args.files:
@@ -384,8 +397,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([row.as_json() for row in rows], indent=2))
         return 0
+    hosts = _hosts_of(args.mountpoint)  # --etcd: every host's claims, with their host
     print(f"{'FILE':32} {'VER':>5} {'EPOCH':>5} {'POLICY':10} {'IDENTITY':20} {'PID':>7} "
-          f"{'KIND':5} {'RESTS ON':10} LEASE LEFT")
+          f"{'KIND':5} {'RESTS ON':10} LEASE LEFT" + (" HOST" if hosts else ""))
     for row in rows:
         head = (f"{shown(row.file)[-32:]:32} {row.version:>5} {row.epoch:>5} "
                 f"{shown(row.policy):10}")
@@ -396,10 +410,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             lease = "-" if left is None else (f"{left:.1f}s" if left > 0 else "expired")
             if claim.epoch != row.epoch:
                 lease = "revoked"
+            elif claim.alive is False:
+                lease = "host dead"
             rests = f"v{claim.version}/e{claim.epoch}"
+            where = f" {shown(claim.host)}" if claim.host is not None else ""
             print(f"{head} {shown(claim.identity)[-20:]:20} {claim.pid:>7} "
-                  f"{claim.kind:5} {rests:10} {lease}")
+                  f"{claim.kind:5} {rests:10} {lease:10}{where}".rstrip())
             head = " " * 55
+    if hosts:
+        print("hosts: " + ", ".join(
+            f"{shown(h.host)} ({'alive' if h.alive else 'dead: lease expired'}"
+            f"{', this mount' if h.me else ''})" for h in hosts))
     if not args.files:
         snapcli.print_summary(args.mountpoint)  # the mount's snapshots, one line
     kept = cli_history.kept_line(args.mountpoint)
@@ -411,9 +432,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     journal = os.path.join(args.mountpoint, ".fencefs", "journal.jsonl")
     try:
+        from fencefs.etcd.journals import journals, merged
         from fencefs.store.journal import read_journal
 
-        entries = read_journal(journal)
+        meta = os.path.dirname(journal)  # --etcd: every host's journal, merged by revision
+        entries = merged(meta) if journals(meta) else read_journal(journal)
     except OSError as e:
         raise UsageError(f"cannot read {journal}: {e.strerror}") from None
     if args.file:
@@ -530,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the argument is the mount point)")
     r.set_defaults(func=cmd_reclaim)
 
-    lg = sub.add_parser("log", help="print the journal")
+    lg = sub.add_parser("log", help="print the journal (with --etcd: every host's, merged "
+                                    "by etcd revision)")
     lg.add_argument("mountpoint")
     lg.add_argument("file", nargs="?")
     lg.add_argument("--json", action="store_true")

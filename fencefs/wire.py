@@ -33,6 +33,7 @@ __all__ = [
     "CLAIM", "CLAIMS", "COMMIT", "DELETE_LIST", "EPOCH", "POLICY", "PREFIX", "READABLE",
     "RECLAIM", "RECLAIM_AGENT", "RECLAIM_EXPIRED", "RENEW", "RESTS_LIST", "RESULT", "SNAPSHOTS",
     "SNAPSHOT_CREATE", "SNAPSHOT_DELETE", "SNAPSHOT_VIEW", "STATUS", "TXN_DIR", "VERSION",
+    "HOSTS", "HostEntry", "format_hosts", "parse_hosts",
     "ClaimInfo", "MountInfo", "StatusClaim", "StatusEntry",
     "format_claim", "format_claims", "format_rests", "format_snapshot", "format_status",
     "is_control", "mount_at", "parse_claims", "parse_mountinfo", "parse_rests", "parse_result",
@@ -53,6 +54,7 @@ RENEW = PREFIX + "renew"  # write 1: renew the caller's lease
 STATUS = PREFIX + "status"  # on the mount's root: every file with claims, as JSON
 RECLAIM_EXPIRED = PREFIX + "reclaim-expired"  # on the root: value 1
 RECLAIM_AGENT = PREFIX + "reclaim-agent"  # on the root: value is an identity
+HOSTS = PREFIX + "hosts"  # on the root of an --etcd mount: the cluster's hosts, as JSON
 READABLE = (VERSION, EPOCH, CLAIMS, CLAIM, POLICY)
 # Multi-file commits and snapshots (docs/guide.md, "Several files at once").
 COMMIT = PREFIX + "commit"  # on MOUNT/.fencefs/txn/NAME: value 1
@@ -194,6 +196,8 @@ class StatusClaim:
     version: int
     epoch: int
     lease_left: float | None  # seconds left on a write claim's lease; None for reads
+    host: str | None = None  # with --etcd: the host holding the claim
+    alive: bool | None = None  # with --etcd: whether that host's etcd lease lives
 
 
 @dataclass(frozen=True)
@@ -209,9 +213,15 @@ class StatusEntry:
     def as_json(self) -> dict[str, object]:
         return {"file": self.file, "version": self.version, "epoch": self.epoch,
                 "policy": self.policy,
-                "claims": [{"identity": c.identity, "pid": c.pid, "kind": c.kind,
-                            "version": c.version, "epoch": c.epoch,
-                            "lease_left": c.lease_left} for c in self.claims]}
+                "claims": [_claim_json(c) for c in self.claims]}
+
+
+def _claim_json(c: StatusClaim) -> dict[str, object]:
+    d: dict[str, object] = {"identity": c.identity, "pid": c.pid, "kind": c.kind,
+                            "version": c.version, "epoch": c.epoch, "lease_left": c.lease_left}
+    if c.host is not None:
+        d.update(host=c.host, alive=c.alive)
+    return d
 
 
 def format_status(entries: Iterable[StatusEntry]) -> bytes:
@@ -231,11 +241,39 @@ def parse_status(raw: str | bytes) -> list[StatusEntry]:
             claims=tuple(StatusClaim(
                 identity=str(c["identity"]), pid=int(c["pid"]), kind=str(c["kind"]),
                 version=int(c["version"]), epoch=int(c["epoch"]),
-                lease_left=None if c["lease_left"] is None else float(c["lease_left"]))
+                lease_left=None if c["lease_left"] is None else float(c["lease_left"]),
+                host=None if c.get("host") is None else str(c["host"]),
+                alive=None if c.get("alive") is None else bool(c["alive"]))
                 for c in row["claims"]))
             for row in rows]
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"not a fencefs status value: {e}") from None
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    """One host of an --etcd mount's cluster, as ``user.fencefs.hosts`` shows it."""
+
+    host: str
+    alive: bool  # its etcd lease lives
+    me: bool  # the host of the mount asked
+    pid: int | None = None
+
+
+def format_hosts(entries: Iterable[HostEntry]) -> bytes:
+    return json.dumps([{"host": h.host, "alive": h.alive, "me": h.me, "pid": h.pid}
+                       for h in entries]).encode()
+
+
+def parse_hosts(raw: str | bytes) -> list[HostEntry]:
+    try:
+        rows = json.loads(raw)
+        if not isinstance(rows, list):
+            raise TypeError("not a list")
+        return [HostEntry(str(r["host"]), bool(r["alive"]), bool(r["me"]),
+                          None if r.get("pid") is None else int(r["pid"])) for r in rows]
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"not a fencefs hosts value: {e}") from None
 
 
 # -- /proc/self/mountinfo ------------------------------------------------------

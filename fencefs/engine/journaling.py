@@ -45,10 +45,17 @@ class Journaling:
         # Every journaled decision is counted too (a dictionary update).
         self.metrics = Metrics()
         self.policy_for: Callable[[str], str] = lambda path: "?"
+        # Across hosts: the etcd revision of the decision a line records
+        # (event, path, the refusal if one) -> ``rev``, or None (docs/multihost.md)
+        self.revision_of: Callable[[str, str, FenceError | None], int | None] | None = None
 
     # -- records ---------------------------------------------------------------
 
     def record(self, event: str, path: str, **fields: object) -> None:
+        if self.revision_of is not None and "rev" not in fields:
+            rev = self.revision_of(event, path, None)
+            if rev:
+                fields["rev"] = rev
         self.journal.record(event, path, **fields)
         self._count(event, path, fields)
 
@@ -77,10 +84,24 @@ class Journaling:
 
     def refusal(self, e: FenceError, rel: str, caller: Caller, op: str,
                 **fields: object) -> None:
+        rev = self.refusal_fields(e).get("rev")
+        if rev:
+            fields = {"rev": rev, **fields}
         self.record(e.reason, rel, identity=caller.identity, pid=caller.pid, op=op,
                             version=e.rested_version, epoch=e.rested_epoch,
                             current_version=e.current_version, current_epoch=e.current_epoch,
                             **fields)
+
+    def refusal_fields(self, e: FenceError) -> dict[str, object]:
+        """Across hosts: the etcd revision a refusal was decided at, and the
+        state it saw then (this host's view may lag behind it)."""
+        if self.revision_of is None:
+            return {}
+        rev = self.revision_of(e.reason, e.path, e)
+        found: dict[str, object] = {"rev": rev} if rev else {}
+        if e.current_version is not None:
+            found.update(current_version=e.current_version, current_epoch=e.current_epoch)
+        return found
 
     def room(self) -> None:
         """Refuse (ENOSPC) a commit or reclaim the journal has no room for."""

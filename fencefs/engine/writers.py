@@ -158,4 +158,6 @@ class Writers:
         handle.dirty = False
         handle.error = error.errno if error else errno.EINTR
         file = self.coord.get(handle.path)
+        if error is not None:  # across hosts: its etcd revision (journaling.py)
+            fields = {**self.journaling.refusal_fields(error), **fields}
         self.journaling.claim_event(reason, handle.claim, file, op=op, rejected=name, **fields)

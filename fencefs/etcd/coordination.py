@@ -82,25 +82,38 @@ class View:
     holder_lease: int = 0
     held: Holder | None = None
     read_revision: int = 0
+    policy: tuple[str | None, int] | None = None   # p/PATH: set by a host (fencefs/etcd/hosts.py)
 
     @property
     def version(self) -> int:
         return self.record.version if self.record else 0
 
 
+READ_OPS = 5  # the operations of read_ops, one batch's unit (etcd/reads.py)
+
+
 def read_ops(layout: Layout, path: str) -> list[Op]:
     return [Get(layout.file(path)), Get(layout.epoch(path)), Get(layout.holder(path)),
-            Get(layout.held(path))]
+            Get(layout.held(path)), Get(layout.policy(path))]
 
 
 def view_from(path: str, results: list[list[KV]], revision: int) -> View:
-    f, e, x, xh = (results + [[], [], [], []])[:4]
+    f, e, x, xh, p = (results + [[]] * READ_OPS)[:READ_OPS]
     record = Record.from_bytes(f[0].value) if f else None
     epoch = int(e[0].value) if e else 0
     holder = Holder.from_bytes(x[0].value) if x else None
     held = Holder.from_bytes(xh[0].value) if xh else None
     return View(path, record, f[0].mod_revision if f else 0, epoch, holder,
-                x[0].lease if x else 0, held, revision)
+                x[0].lease if x else 0, held, revision, policy_of(p))
+
+
+def policy_of(kvs: list[KV]) -> tuple[str | None, int] | None:
+    from fencefs.etcd.hosts import parse_policy
+
+    try:
+        return parse_policy(kvs[0].value) if kvs else None
+    except (ValueError, TypeError):
+        return None
 
 
 async def read(client: EtcdClient, layout: Layout, path: str) -> View:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,8 +42,10 @@ from fencefs.engine.atomic import atomic
 from fencefs.engine.coordination import Install, LocalCoordination
 from fencefs.engine.journaling import Journaling
 from fencefs.etcd import coordination as co
+from fencefs.etcd import hosts as hs
 from fencefs.etcd.client import EtcdClient, EtcdError, EtcdUnreachable, LeaseNotFound, Put
-from fencefs.etcd.keys import Holder, Layout, Marker, Record
+from fencefs.etcd.journals import Revisions
+from fencefs.etcd.keys import ClaimRecord, Holder, Layout, Marker, Record
 from fencefs.etcd.patience import patiently
 from fencefs.etcd.reads import Reads
 from fencefs.store.drafts import Drafts
@@ -148,6 +151,11 @@ class EtcdCoordination(LocalCoordination):
         self._holds: dict[str, tuple[Holder, set[int]]] = {}
         self._nursery: trio.Nursery | None = None
         self.release = self._release  # type: ignore[method-assign]
+        # across hosts (fencefs/etcd/hosts.py): this host's published claims
+        # (claim id -> the lease end published) and the journal's revisions
+        self.board = hs.Board()
+        self._published: dict[int, tuple[bytes, float, int]] = {}
+        self.revs = Revisions()
 
     # -- life ----------------------------------------------------------------
 
@@ -168,6 +176,7 @@ class EtcdCoordination(LocalCoordination):
         async with trio.open_nursery() as nursery:
             self.reads = Reads(client, self.layout)
             self._nursery = nursery
+            await self._start_board(client, nursery)
             task_status.started()
             try:
                 while True:
@@ -238,6 +247,7 @@ class EtcdCoordination(LocalCoordination):
                     file.version = view.version
                 file.epoch = max(file.epoch, view.epoch)
             self._rev[path] = (view.version, view.revision)
+            self._saw(path, file, view)
 
     def _learn_epoch(self, path: str, view: co.View) -> None:
         """After a refusal: take the newer epoch (more fencing is safe), but
@@ -247,6 +257,7 @@ class EtcdCoordination(LocalCoordination):
             file = self.core.get(path)
             if file is not None:
                 file.epoch = max(file.epoch, view.epoch)
+            self.revs.seen.pop(path, None)
 
     async def _roll_forward(self, view: co.View) -> None:
         """Make the installed file the record's before anyone rests on it.
@@ -313,12 +324,13 @@ class EtcdCoordination(LocalCoordination):
                 await self._hold(path, identity, persist_epoch)
         except EtcdError as e:
             raise co.Unreachable(path) from e
-        with atomic():
+        with atomic(), self.revs.local_refusal(path):
             claim = self.core.open_write(path, identity, pid, rewrite=rewrite, append=append,
                                          now=now, persist_epoch=persist_epoch)
         held = self._holds.get(path)
         if held is not None:
             held[1].add(claim.id)
+        self._publish(claim, now)
         return claim
 
     async def _hold(self, path: str, identity: str,
@@ -333,6 +345,7 @@ class EtcdCoordination(LocalCoordination):
         if view.holder == holder:
             self._holds.setdefault(path, (holder, set()))
         if reclaimed:
+            self.revs.stamp_next(path, view.read_revision)
             with atomic():
                 file = self.core.get(path)
                 if file is not None and view.epoch > file.epoch:
@@ -342,6 +355,7 @@ class EtcdCoordination(LocalCoordination):
 
     def _release(self, claim: Claim) -> None:
         self.core.release(claim)
+        self._unpublish(claim)
         held = self._holds.get(claim.path)
         if held is None:
             return
@@ -357,8 +371,12 @@ class EtcdCoordination(LocalCoordination):
         except EtcdError as e:
             log.warning("could not release the hold on %s: %s", path, e)
 
+    def check(self, claim: Claim) -> None:
+        with self.revs.local_refusal(claim.path):   # its journal line: the revision seen
+            super().check(claim)
+
     async def commit(self, claim: Claim, install: Install, content: str = "") -> int:
-        with atomic():
+        with atomic(), self.revs.local_refusal(claim.path):
             self.core.check(claim)
         file = self.core.get(claim.path)
         policy = file.policy if file is not None else None
@@ -373,7 +391,7 @@ class EtcdCoordination(LocalCoordination):
             result: list[int] = []
 
             def installed(rec: Record, revision: int) -> None:
-                with atomic():
+                with atomic(), self.revs.decided(claim.path, revision, rec):
                     self._rested_on(claim.path, claim.version, claim.epoch)
                     result.append(self.core.commit(claim, install))
                 self._rev[claim.path] = (rec.version, revision)
@@ -389,7 +407,7 @@ class EtcdCoordination(LocalCoordination):
         self._learn_epoch(claim.path, decision.view)
         error = decision.error(eclaim)
         assert error is not None
-        raise error
+        raise self.revs.refused_at(error, decision)
 
     def _rested_on(self, path: str, version: int, epoch: int) -> FileState:
         """etcd decided on (version, epoch): this host's view is made to agree."""
@@ -420,7 +438,7 @@ class EtcdCoordination(LocalCoordination):
         result: list[int] = []
 
         def installed(rec: Record, revision: int) -> None:
-            with atomic():
+            with atomic(), self.revs.decided(path, revision, rec):
                 self._rested_on(path, version, epoch)
                 result.append(self.core.commit_path(path, identity, pid, install, now=now))
             self._rev[path] = (rec.version, revision)
@@ -435,14 +453,15 @@ class EtcdCoordination(LocalCoordination):
         self._learn_epoch(path, decision.view)
         refusal = decision.error(eclaim)
         assert refusal is not None
-        raise refusal
+        raise self.revs.refused_at(refusal, decision)
 
     async def reclaim(self, path: str, persist: Callable[[int], None]) -> int:
         try:
-            epoch, _ = await co.reclaim(self._client(path), self.layout, path)
+            epoch, revision = await co.reclaim(self._client(path), self.layout, path)
         except EtcdError as e:
             raise co.Unreachable(path) from e
         self._holds.pop(path, None)
+        self.revs.stamp_next(path, revision)   # the engine journals it next, with no await
         with atomic():
             file = self.core.get(path)
             if file is not None and epoch > file.epoch:
@@ -458,6 +477,76 @@ class EtcdCoordination(LocalCoordination):
         drafts under ``rejected/``; docs/multihost.md, Limits)."""
         raise OSError(errno.EOPNOTSUPP, "multi-file transactions are not supported across "
                       "hosts (--etcd) yet: nothing was committed")
+
+    # -- across hosts: published claims, policies (etcd/hosts.py) ---------------
+
+    def _saw(self, path: str, file: FileState | None, view: co.View) -> None:
+        """After a refresh: the revision this host's view holds at, and the
+        policy another host set (``p/PATH``), if it is still this file's."""
+        if file is None:
+            return
+        if view.policy is not None and view.policy[0] != file.policy:
+            try:
+                ino = self.drafts.backing.lstat(path).st_ino
+            except OSError:
+                ino = -1
+            if view.policy[1] in (0, ino):
+                file.policy = view.policy[0]
+        if (file.version, file.epoch) == (view.version, view.epoch) and view.read_revision:
+            self.revs.seen[path] = (view.read_revision, view.version, view.epoch)
+        else:
+            self.revs.seen.pop(path, None)
+
+    async def _start_board(self, client: EtcdClient, nursery: trio.Nursery) -> None:
+        for key in await hs.own_claims(client, self.layout, self.host):
+            self.board.delete(key)   # published by this host id's earlier life
+        nursery.start_soon(self.board.run, client)
+
+    def _publish(self, claim: Claim, now: float) -> None:
+        key = hs.claim_key(self.layout, claim.path, self.host, claim.id)
+        old = self._published.get(claim.id)
+        if old is not None and old[0] != key:
+            self.board.delete(old[0])    # the file was renamed
+        clock = time.time()
+        expires = hs.wall(claim.lease_expiry, now, clock)
+        rec = ClaimRecord(claim.identity, claim.pid, claim.version, claim.epoch,
+                          self._rev.get(claim.path, (0, 0))[1], expires,
+                          hs.wall(claim.last_active, now, clock))
+        self.board.put(key, rec.to_bytes())
+        self._published[claim.id] = (key, expires, claim.epoch)
+
+    def _unpublish(self, claim: Claim) -> None:
+        old = self._published.pop(claim.id, None)
+        if old is not None:
+            self.board.delete(old[0])
+
+    def republish(self, now: float) -> None:
+        """Claims whose lease end moved (by writes), epoch or path changed
+        since published: sent again (the upkeep calls this every tick)."""
+        clock = time.time()
+        for file in self.core.files():
+            for claim in file.writers.values():
+                old = self._published.get(claim.id)
+                if old is None:
+                    continue
+                key = hs.claim_key(self.layout, claim.path, self.host, claim.id)
+                if (key != old[0] or claim.epoch != old[2]
+                        or abs(hs.wall(claim.lease_expiry, now, clock) - old[1]) >= 1.0):
+                    self._publish(claim, now)
+
+    async def share_policy(self, path: str, policy: str | None, ino: int) -> None:
+        """A policy set here: every host applies it (at its next write open of
+        the file, or its next upkeep tick, whichever comes first)."""
+        self.board.put(self.layout.policy(path), hs.policy_value(policy, ino))
+        with trio.move_on_after(self.settings.timeout):
+            await self.board.flushed()
+
+    async def cluster(self) -> hs.Cluster:
+        """Every host's claims and which hosts are alive (one read)."""
+        return await hs.read_cluster(self._client(""), self.layout)
+
+    async def policies(self) -> dict[str, tuple[str | None, int]]:
+        return await hs.read_policies(self._client(""), self.layout)
 
     # -- start-up ----------------------------------------------------------------------
 

@@ -13,8 +13,13 @@ Everything lives under ``/<cluster>/`` (``--cluster``, default ``fencefs``);
 - ``/<cluster>/xh/PATH``: the same without a lease ("held, not released"):
   left behind by a holder whose lease expired, it makes the next writer
   reclaim.
-- ``/<cluster>/c/PATH\\0HOST\\0ID``: a write claim ``{i, pid, v, e, r}``,
-  bound to the host's lease (for status across hosts).
+- ``/<cluster>/c/PATH\\0HOST\\0ID``: a write claim ``{i, pid, v, e, r, x,
+  a}`` (x, a: its lease's end and its last activity, wall-clock seconds),
+  published by the holding host for status, sweep and reclaim across
+  hosts. Not bound to the host's lease: a dead host's claims stay visible
+  (as a dead host's) until another host reclaims them (fencefs/etcd/hosts.py).
+- ``/<cluster>/p/PATH``: a policy set with ``user.fencefs.policy``
+  ``{p, ino}`` (p: the policy, "" for none; ino: the file's inode then).
 - ``/<cluster>/h/HOST``: a live host ``{mount, pid}``, bound to its lease.
 
 File names cannot contain NUL, so ``PATH\\0`` is a prefix that covers the
@@ -80,6 +85,12 @@ class Layout:
     def claim(self, path: str, host: str, claim_id: str) -> bytes:
         return self.claims(path) + host.encode() + b"\0" + claim_id.encode()
 
+    def policy(self, path: str) -> bytes:
+        return self.root + b"p/" + path.encode()
+
+    def policies(self) -> bytes:
+        return self.root + b"p/"
+
     def hosts(self) -> bytes:
         return self.root + b"h/"
 
@@ -87,7 +98,7 @@ class Layout:
         return self.hosts() + host.encode()
 
     def path_of(self, key: bytes, kind: bytes) -> str:
-        """The file path in a ``f/``, ``e/``, ``x/`` or ``xh/`` key."""
+        """The file path in a ``f/``, ``e/``, ``x/``, ``xh/`` or ``p/`` key."""
         head = self.root + kind + b"/"
         if not key.startswith(head):
             raise ValueError(f"{key!r} is not a {kind.decode()}/ key of {self.cluster}")
@@ -159,15 +170,19 @@ class ClaimRecord:
     version: int
     epoch: int
     revision: int
+    expires: float = 0.0     # wall clock: the claim's lease ends (0: unknown)
+    active: float = 0.0      # wall clock: its last write, fsync or renew
 
     def to_bytes(self) -> bytes:
         return _dump({"i": self.identity, "pid": self.pid, "v": self.version,
-                      "e": self.epoch, "r": self.revision})
+                      "e": self.epoch, "r": self.revision, "x": round(self.expires, 3),
+                      "a": round(self.active, 3)})
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ClaimRecord:
         d = json.loads(raw)
-        return cls(str(d["i"]), int(d["pid"]), int(d["v"]), int(d["e"]), int(d["r"]))
+        return cls(str(d["i"]), int(d["pid"]), int(d["v"]), int(d["e"]), int(d["r"]),
+                   float(d.get("x", 0.0)), float(d.get("a", 0.0)))
 
 
 @dataclass(frozen=True)

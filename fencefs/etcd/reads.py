@@ -24,8 +24,8 @@ from fencefs.etcd.client import EtcdClient, Op
 from fencefs.etcd.keys import Layout
 
 # etcd refuses a transaction of more than --max-txn-ops operations (default
-# 128); a read is 4 operations (read_ops)
-MAX_PATHS = 32
+# 128); a read is co.READ_OPS operations (read_ops)
+MAX_PATHS = 128 // co.READ_OPS
 
 
 class _Abandoned(Exception):
@@ -89,8 +89,9 @@ class Reads:
                 ops.extend(co.read_ops(self.layout, p))
             self.sent += 1
             res = await self.client.txn([], ops)
+            n = co.READ_OPS
             for i, p in enumerate(batch.paths):
-                batch.views[p] = co.view_from(p, res.results[4 * i:4 * i + 4], res.revision)
+                batch.views[p] = co.view_from(p, res.results[n * i:n * i + n], res.revision)
         except Exception as e:
             batch.error = e
         except BaseException:

@@ -14,6 +14,7 @@ import json
 import os
 import stat
 import time
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -36,6 +37,10 @@ from fencefs.fuse.identity import IdentityResolver
 from fencefs.fuse.inodes import ROOT, InodeTable
 from fencefs.store.backing import Backing
 from fencefs.store.snapshots import Snapshots
+from fencefs.wire import HOSTS
+
+if TYPE_CHECKING:
+    from fencefs.fuse.hosts import Hosts
 
 
 class ControlAttributes:
@@ -55,6 +60,7 @@ class ControlAttributes:
         self.durable = durable
         self.txns = txns
         self.snapshots = snapshots
+        self.hosts: Hosts | None = None  # with --etcd: the cluster-wide side
 
     def access(self, ctx: pyfuse3.RequestContext) -> Access:
         return Access(ctx.uid, ctx.gid, ctx.pid, self.backing.lstat)
@@ -76,7 +82,12 @@ class ControlAttributes:
             # who holds them, in directories the caller may not enter.
             access = self.access(ctx)
             files = [f for f in self.coord.files() if access.may(f.path, READ)]
+            if self.hosts is not None:  # every host's claims (fuse/hosts.py)
+                return await self.hosts.status(files, lambda p: access.may(p, READ),
+                                               time.monotonic())
             return control.status_of(files, time.monotonic(), self.coord.policy_of)
+        if inode == ROOT and text == HOSTS and self.hosts is not None:
+            return await self.hosts.hosts()
         if inode == ROOT and text == wire.STATS:
             return self.history.stats()
         if inode == ROOT and text == wire.GC:
@@ -146,6 +157,9 @@ class ControlAttributes:
                 self.coord.renew(claim, now)
         elif text == control.POLICY:
             self._set_policy(file, control.parse_policy(value), caller)
+            if self.hosts is not None:  # stored in etcd: every host applies it
+                await self.hosts.etcd.share_policy(rel, file.policy,
+                                                   self.backing.lstat(rel).st_ino)
         else:
             raise pyfuse3.FUSEError(errno.EINVAL)
 
@@ -218,6 +232,10 @@ class ControlAttributes:
             reason = f"identity={wanted}"
         await self.commits.reclaim_paths({p for p in paths_ if access.may(p, WRITE)},
                                          caller, reason)
+        if self.hosts is not None:  # other hosts' claims too (fuse/hosts.py)
+            await self.hosts.reclaim_remote(
+                caller, lambda p: access.may(p, WRITE), expired=name == control.RECLAIM_EXPIRED,
+                identity=None if name == control.RECLAIM_EXPIRED else wanted)
 
     async def _commit_txn(self, inode: int, rel: str, value: bytes, caller: Caller,
                           ctx: pyfuse3.RequestContext) -> None:

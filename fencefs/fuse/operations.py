@@ -34,10 +34,12 @@ from fencefs.engine.shared import SharedFiles
 from fencefs.engine.txns import Transactions
 from fencefs.engine.writers import Writers
 from fencefs.etcd.engine import EtcdCoordination, EtcdSettings, host_prefix
+from fencefs.etcd.journals import journal_path
 from fencefs.fuse import paths
 from fencefs.fuse.attributes import ControlAttributes
 from fencefs.fuse.boundary import error_boundary
 from fencefs.fuse.directories import Directories
+from fencefs.fuse.hosts import Hosts
 from fencefs.fuse.identity import (
     IdentityResolver,
     dying_by_signal,
@@ -81,7 +83,7 @@ class FenceOperations(pyfuse3.Operations):
         self.backing = Backing(backing_root)
         self.drafts = Drafts(self.backing)
         keep = self.retention = retention or Retention()
-        self.journal = Journal(os.path.join(self.backing.meta, "journal.jsonl"),
+        self.journal = Journal(journal_path(self.backing.meta, etcd),
                                segment_bytes=keep.segment_bytes, max_bytes=keep.journal_max,
                                durable=durable)
         self.durable = durable
@@ -95,6 +97,8 @@ class FenceOperations(pyfuse3.Operations):
             self.coord = self.etcd = EtcdCoordination(core, etcd, self.drafts)
             self.drafts.prefix = host_prefix(etcd.host)
         self.journaling = Journaling(self.journal, self.backing, durable=durable)
+        if self.etcd is not None:  # each decision's line carries its etcd revision
+            self.journaling.revision_of = self.etcd.revs.revision_of
         self.handles = HandleTable()
         self.inodes = InodeTable()
         self.kernel = KernelView(self.inodes, self.handles)
@@ -135,6 +139,9 @@ class FenceOperations(pyfuse3.Operations):
         self.upkeep = Upkeep(self.coord, self.readers, self.commits, self.history,
                              self.journaling, self.txns, self.snapshots, self.drafts,
                              self.etcd, sweep_after=sweep_after)
+        if self.etcd is not None:  # status, reclaims, sweep and policies across hosts
+            self.attributes.hosts = self.upkeep.hosts = Hosts(self.etcd, self.files,
+                                                              self.backing, self.commits)
         # Set once mounted: lets flush tell the opener's last close from others.
         self.mount_id: int | None = None
 

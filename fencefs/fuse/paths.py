@@ -28,7 +28,7 @@ __all__ = ["META_DIR", "child", "give", "is_hidden", "is_meta", "parent_of", "re
 # .fencefs/ is hidden. The staging directories under txn/ are not meta:
 # files are written there.
 META_VISIBLE = {"journal.jsonl", "rejected", "snapshots", "snapshot-meta", "txn", "journal",
-                "versions"}
+                "versions", "hosts"}  # hosts/: each host's journal with --etcd
 REJECTED_DIR = f"{META_DIR}/rejected"
 SNAPSHOTS_DIR = f"{META_DIR}/snapshots"
 VERSIONS_DIR = f"{META_DIR}/versions"  # the history tree (store/versions.py)

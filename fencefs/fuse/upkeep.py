@@ -20,6 +20,7 @@ from fencefs.engine.journaling import Journaling
 from fencefs.engine.readers import Readers
 from fencefs.engine.txns import Transactions
 from fencefs.etcd.engine import EtcdCoordination
+from fencefs.fuse.hosts import Hosts
 from fencefs.fuse.identity import alive
 from fencefs.store.drafts import Drafts
 from fencefs.store.snapshots import Snapshots
@@ -40,6 +41,7 @@ class Upkeep:
         self.drafts = drafts
         self.etcd = etcd
         self.sweep_after = sweep_after
+        self.hosts: Hosts | None = None
 
     def recover(self) -> int:
         """Roll interrupted transactions forward or back, drop half-made
@@ -78,6 +80,8 @@ class Upkeep:
             self.prune_identities()
             if self.sweep_after is not None:
                 await self.commits.sweep(time.monotonic(), self.sweep_after)
+            if self.hosts is not None:  # claims, policies and dead hosts (fuse/hosts.py)
+                await self.hosts.tick(time.monotonic(), self.sweep_after)
 
     def prune_identities(self) -> int:
         dropped = 0

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pytest
 
 from fencefs.etcd.localcluster import LocalCluster
-from tests.support.mount import Mount
+from tests.support.mount import ROOT, Mount
 from tests.support.procs import wait_traced
 
 HostsFactory = Callable[..., tuple[Mount, Mount]]   # the hosts fixture (conftest.py)
@@ -110,7 +110,7 @@ def test_one_winner_across_hosts(hosts: HostsFactory) -> None:
     assert read(a.path("counter")) == f"writer-{winners[0]}"
     assert read(b.path("counter")) == f"writer-{winners[0]}"
     assert version(a.path("counter")) == 2 and version(b.path("counter")) == 2
-    # every refusal journaled (one journal in the shared backing); bytes that
+    # every refusal journaled (the hosts' journals, merged: Mount.journal); bytes that
     # reached a draft before the refusal are under rejected/
     conflicts = [e for e in a.journal() if e.get("event") == "conflict"]
     assert len(conflicts) == 7
@@ -207,6 +207,15 @@ def test_frozen_host_loses_its_hold_and_is_fenced(hosts: HostsFactory) -> None:
     names = a.rejected()
     assert len(names) == 1
     assert (a.backing / ".fencefs" / "rejected" / names[0]).read_text() == "stale from A"
+    # B's takeover is journaled at the etcd revision of its transaction, and
+    # the hosts' journals merged follow the specs' rules
+    reclaims = [e for e in b.journal() if e["event"] == "reclaim"]
+    assert [(e["host"], e["reason"]) for e in reclaims] == [("host-B", "lease-expired")]
+    assert isinstance(reclaims[0].get("rev"), int)
+    check = subprocess.run([str(ROOT / "scripts" / "check-trace"), "--merged",
+                            str(a.journal_path()), str(b.journal_path())],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_refused_commit_never_labels_old_content_with_the_new_version(

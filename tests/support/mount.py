@@ -127,12 +127,26 @@ class Mount:
             return ""
 
     def journal(self) -> list[dict[str, object]]:
+        """The journal; with --etcd every host's, merged (fencefs/etcd/journals.py)."""
+        from fencefs.etcd.journals import merged
         from fencefs.store.journal import read_journal
 
+        if self.host_id() is not None:
+            return merged(str(self.backing / ".fencefs"))
         return read_journal(str(self.backing / ".fencefs" / "journal.jsonl"))
 
     def journal_path(self) -> Path:
+        """This daemon's journal (with --etcd: this host's own)."""
+        host = self.host_id()
+        if host is not None:
+            from fencefs.etcd.journals import host_dir
+
+            return Path(host_dir(str(self.backing / ".fencefs"), host)) / "journal.jsonl"
         return self.backing / ".fencefs" / "journal.jsonl"
+
+    def host_id(self) -> str | None:
+        args = list(self.extra)
+        return args[args.index("--host-id") + 1] if "--host-id" in args else None
 
     def rejected(self) -> list[str]:
         return sorted(os.listdir(self.backing / ".fencefs" / "rejected"))
