@@ -253,6 +253,10 @@ def test_a_transaction_is_on_disk_before_its_reply(mount: Mount, tmp_path: Path)
         assert state, f"{draft}: no state attribute before its rename"
         assert [i for i in synced(traced.calls, draft) if state[-1] < i < intent[0]], \
             f"{draft} (data and state) is not synced before the intent"
+    drafts = str(mount.backing / ".fencefs" / "drafts")
+    assert [i for i in synced(calls, drafts) if i < intent[0]], \
+        "drafts/ (where a roll forward finds the drafts the intent names) is not synced " \
+        "before the intent"
     assert [i for i in synced(calls, journal) if intent[0] < i < first], \
         "the intent is not synced before the first rename"
     assert [i for i in synced(calls, str(mount.backing)) if last < i], \
