@@ -357,3 +357,64 @@ def test_a_reclaim_syncs_its_epoch_even_under_durability_none(make_mount,  # typ
         "the new epoch is not synced (epochs never go down, whatever --durability says)"
     assert [i for i in synced(calls, str(mount.backing)) if i > state[0]], \
         "the file's directory is not synced after its new epoch"
+
+
+# -- recovery at mount ---------------------------------------------------------------
+
+
+def test_recovery_is_on_disk_before_the_mount_serves(tmp_path: Path) -> None:
+    """Drafts a dead daemon left: an orphan (put away as abandoned) and a
+    transaction's draft whose intent is journaled (rolled forward). What
+    recovery did (the renames, their directories, its journal lines) is
+    synced before the first reply on /dev/fuse (the mount's INIT)."""
+    import json
+    import sys
+    import time
+
+    from tests.support.mount import mounted, require_fuse
+
+    require_fuse()
+    need_strace()
+    backing, mnt = tmp_path / "backing", tmp_path / "mnt"
+    drafts = backing / ".fencefs" / "drafts"
+    drafts.mkdir(parents=True)
+    mnt.mkdir()
+    orphan, rolled = drafts / "1-1.draft", drafts / "1-txn-T1-x.draft"
+    orphan.write_text("orphaned")
+    os.setxattr(orphan, "user.fencefs.draft",
+                json.dumps({"path": "plan.md", "identity": "x", "pid": 1}).encode())
+    rolled.write_text("rolled forward")
+    os.setxattr(rolled, "user.fencefs.draft",
+                json.dumps({"path": "a.md", "identity": "x", "pid": 1, "txn": "T1"}).encode())
+    (backing / ".fencefs" / "journal.jsonl").write_text(json.dumps(
+        {"ts": 0, "event": "txn-intent", "file": "a.md", "txn": "T1", "identity": "x",
+         "pid": 1, "members": [{"file": "a.md", "draft": rolled.name, "version": 1,
+                                "epoch": 0, "delete": False}]},
+        separators=(",", ":")) + "\n")
+    out = tmp_path / "trace"
+    daemon = subprocess.Popen(
+        ["strace", "-f", "-tt", "-y", "-xx", "-s", "4096", "-o", str(out), "-e", f"trace={MORE}",
+         sys.executable, "-m", "fencefs.cli", "mount", "--foreground", "--log-file",
+         str(tmp_path / "daemon.log"), str(backing), str(mnt)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not mounted(str(mnt)):
+            assert daemon.poll() is None, "the daemon died at start"
+            assert time.monotonic() < deadline, "no mount within 30 s"
+            time.sleep(0.02)
+        assert (mnt / "a.md").read_text() == "rolled forward"
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        daemon.wait(timeout=30)
+    calls = parse(out.read_text())
+    first_reply = min(c.index for c in calls if c.name == "writev" and c.path == "/dev/fuse")
+    calls = calls[:first_reply]
+    journal = str(backing / ".fencefs" / "journal.jsonl")
+    for what in ('"event":"abandoned"', '"event":"txn-recovered"'):
+        line = journaled(calls, journal, what)
+        assert line and [i for i in synced(calls, journal) if i > line[0]], \
+            f"the {what} line is not synced before the mount serves"
+    [rename] = renames_to(calls, str(backing / "a.md"))
+    assert [i for i in synced(calls, str(backing)) if i > rename.index], \
+        "the rolled-forward rename's directory is not synced before the mount serves"
