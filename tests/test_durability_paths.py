@@ -139,6 +139,19 @@ def test_a_truncate_by_path_is_on_disk_before_its_reply(mount: Mount, tmp_path: 
     assert commit_order(traced, SETATTR, mount.backing, "plan.md") == []
 
 
+def test_an_append_is_on_disk_before_its_reply(mount: Mount, tmp_path: Path) -> None:
+    need_strace()
+    log = mount.seed("log.txt", "one\n")
+    with Agent() as agent:
+        fd = agent.ok("open", log, "O_WRONLY|O_APPEND")
+        agent.ok("write", fd, "two\n")
+        with Trace(mount, tmp_path / "trace") as traced:
+            agent.ok("close", fd)
+        agent.close()
+    assert os.getxattr(log, "user.fencefs.version") == b"2"
+    assert commit_order(traced, FLUSH, mount.backing, "log.txt") == []
+
+
 def test_a_rename_over_a_file_carries_its_state_to_disk_first(mount: Mount,
                                                                tmp_path: Path) -> None:
     need_strace()
@@ -159,6 +172,8 @@ def test_a_rename_over_a_file_carries_its_state_to_disk_first(mount: Mount,
     assert state and state[0] < rename.index, "the new state is not written before the rename"
     assert [i for i in synced(calls, source) if state[0] < i < rename.index], \
         "the moved file (data and new state) is not synced before the rename"
+    assert [i for i in synced(calls, source) if i < state[0]], \
+        "the moved data is not synced before the decision (off the event loop)"
     assert durable_step(traced, mount) == []
 
 
@@ -362,11 +377,12 @@ def test_a_reclaim_syncs_its_epoch_even_under_durability_none(make_mount,  # typ
 # -- recovery at mount ---------------------------------------------------------------
 
 
-def test_recovery_is_on_disk_before_the_mount_serves(tmp_path: Path) -> None:
-    """Drafts a dead daemon left: an orphan (put away as abandoned) and a
-    transaction's draft whose intent is journaled (rolled forward). What
-    recovery did (the renames, their directories, its journal lines) is
-    synced before the first reply on /dev/fuse (the mount's INIT)."""
+@pytest.mark.parametrize("left", ["orphan", "transaction", "both"])
+def test_recovery_is_on_disk_before_the_mount_serves(tmp_path: Path, left: str) -> None:
+    """Drafts a dead daemon left: an orphan (put away as abandoned), a
+    transaction's draft whose intent is journaled (rolled forward), or both.
+    What recovery did (the renames, their directories, its journal lines)
+    is synced before the first reply on /dev/fuse (the mount's INIT)."""
     import json
     import sys
     import time
@@ -380,12 +396,14 @@ def test_recovery_is_on_disk_before_the_mount_serves(tmp_path: Path) -> None:
     drafts.mkdir(parents=True)
     mnt.mkdir()
     orphan, rolled = drafts / "1-1.draft", drafts / "1-txn-T1-x.draft"
-    orphan.write_text("orphaned")
-    os.setxattr(orphan, "user.fencefs.draft",
-                json.dumps({"path": "plan.md", "identity": "x", "pid": 1}).encode())
-    rolled.write_text("rolled forward")
-    os.setxattr(rolled, "user.fencefs.draft",
-                json.dumps({"path": "a.md", "identity": "x", "pid": 1, "txn": "T1"}).encode())
+    if left != "transaction":
+        orphan.write_text("orphaned")
+        os.setxattr(orphan, "user.fencefs.draft",
+                    json.dumps({"path": "plan.md", "identity": "x", "pid": 1}).encode())
+    if left != "orphan":
+        rolled.write_text("rolled forward")
+        os.setxattr(rolled, "user.fencefs.draft", json.dumps(
+            {"path": "a.md", "identity": "x", "pid": 1, "txn": "T1"}).encode())
     (backing / ".fencefs" / "journal.jsonl").write_text(json.dumps(
         {"ts": 0, "event": "txn-intent", "file": "a.md", "txn": "T1", "identity": "x",
          "pid": 1, "members": [{"file": "a.md", "draft": rolled.name, "version": 1,
@@ -403,7 +421,8 @@ def test_recovery_is_on_disk_before_the_mount_serves(tmp_path: Path) -> None:
             assert daemon.poll() is None, "the daemon died at start"
             assert time.monotonic() < deadline, "no mount within 30 s"
             time.sleep(0.02)
-        assert (mnt / "a.md").read_text() == "rolled forward"
+        if left != "orphan":
+            assert (mnt / "a.md").read_text() == "rolled forward"
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
         daemon.wait(timeout=30)
@@ -411,10 +430,13 @@ def test_recovery_is_on_disk_before_the_mount_serves(tmp_path: Path) -> None:
     first_reply = min(c.index for c in calls if c.name == "writev" and c.path == "/dev/fuse")
     calls = calls[:first_reply]
     journal = str(backing / ".fencefs" / "journal.jsonl")
-    for what in ('"event":"abandoned"', '"event":"txn-recovered"'):
+    wanted = {"orphan": ['"event":"abandoned"'], "transaction": ['"event":"txn-recovered"'],
+              "both": ['"event":"abandoned"', '"event":"txn-recovered"']}[left]
+    for what in wanted:
         line = journaled(calls, journal, what)
         assert line and [i for i in synced(calls, journal) if i > line[0]], \
             f"the {what} line is not synced before the mount serves"
-    [rename] = renames_to(calls, str(backing / "a.md"))
-    assert [i for i in synced(calls, str(backing)) if i > rename.index], \
-        "the rolled-forward rename's directory is not synced before the mount serves"
+    if left != "orphan":
+        [rename] = renames_to(calls, str(backing / "a.md"))
+        assert [i for i in synced(calls, str(backing)) if i > rename.index], \
+            "the rolled-forward rename's directory is not synced before the mount serves"
