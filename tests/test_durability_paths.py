@@ -139,6 +139,22 @@ def test_a_truncate_by_path_is_on_disk_before_its_reply(mount: Mount, tmp_path: 
     assert commit_order(traced, SETATTR, mount.backing, "plan.md") == []
 
 
+def test_the_first_durable_step_syncs_what_the_mount_made(mount: Mount,
+                                                          tmp_path: Path) -> None:
+    """.fencefs/ (the names of the journal, drafts/, ...) and the root reach
+    the disk before the first reply that says a commit is durable."""
+    need_strace()
+    with Agent() as agent:
+        fd = agent.ok("open", mount.path("plan.md"), "O_WRONLY|O_CREAT|O_TRUNC")
+        agent.ok("write", fd, "v1\n")
+        with Trace(mount, tmp_path / "trace") as traced:
+            agent.ok("close", fd)
+        agent.close()
+    start, reply, calls = traced.window(FLUSH, having="plan.md")
+    for d in (mount.backing / ".fencefs", mount.backing):
+        assert synced(calls, str(d)), f"{d} is not synced before the first commit's reply"
+
+
 def test_an_append_is_on_disk_before_its_reply(mount: Mount, tmp_path: Path) -> None:
     need_strace()
     log = mount.seed("log.txt", "one\n")
@@ -421,6 +437,7 @@ def test_recovery_is_on_disk_before_the_mount_serves(tmp_path: Path, left: str) 
             assert daemon.poll() is None, "the daemon died at start"
             assert time.monotonic() < deadline, "no mount within 30 s"
             time.sleep(0.02)
+        os.listdir(mnt)  # served: the mount's INIT was answered
         if left != "orphan":
             assert (mnt / "a.md").read_text() == "rolled forward"
     finally:
