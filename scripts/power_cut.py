@@ -34,6 +34,7 @@
    - every commit acknowledged before the cut is there: its reply to
      /dev/fuse came before the cut, so the path is at that state or a later
      one (a rename or unlink is acknowledged by the next durable step);
+   - every acknowledged step is in the recovered journal (G5);
    - a transaction is all or nothing;
    - the recovered journal passes scripts/check-trace.
 
@@ -355,6 +356,7 @@ class Replay:
     def __init__(self, backing: str, drop: str | None = None) -> None:
         self.root = os.path.realpath(backing)
         self.drop = drop  # a glob: fsyncs of the paths it matches are left out
+        self.state_ino: dict[int, int] = {}  # the inode number its first state names
         self.world: World = {0: Node("d")}
         self.kinds: dict[int, str] = {0: "d"}
         self.next_ino = 1
@@ -477,6 +479,15 @@ class Replay:
 
     def xattr(self, seq: int, ino: int, name: str, value: bytes | None) -> None:
         gen = self.world[ino].gen  # the content it was written for
+        if name == STATE and value is not None:
+            # A state names its inode: one that names another inode than the
+            # first state written on this one never matches (as on the disk).
+            try:
+                named = int(json.loads(value)["ino"])
+            except (ValueError, KeyError, TypeError):
+                named = -1
+            if self.state_ino.setdefault(ino, named) != named:
+                gen = -1
 
         def apply(w: World) -> None:
             node = w.setdefault(ino, Node(self.kinds[ino]))
@@ -719,6 +730,7 @@ def translate(raw: bytes, st: os.stat_result, matches: bool) -> bytes:
 
 Seen = dict[str, tuple[int, int, str] | None]
 FOREIGN = "foreign:"  # a key of Seen: fencefs found this path's content foreign
+JOURNALED = "journaled:"  # a key of Seen: the recovered journal records this
 
 
 def mount_view(backing: Path, paths: list[str]) -> tuple[Seen, list[str]]:
@@ -749,9 +761,11 @@ def mount_view(backing: Path, paths: list[str]) -> tuple[Seen, list[str]]:
             seen[p] = (file.version, file.epoch, sha((backing / p).read_bytes()))
         ops.journal.close()
         journal = backing / ".fencefs" / "journal.jsonl"
-        for line in journal.read_text(errors="replace").splitlines():
-            if '"event":"foreign"' in line:
-                seen[FOREIGN + json.loads(line)["file"]] = None
+        from fencefs.store.journal import read_journal
+
+        for e in read_journal(str(journal)):
+            for key in journaled(e):
+                seen[key] = None
         bad = check_journal(str(journal))
         if bad is not None:
             problems.append(f"check-trace: line {bad.line}: {bad.rule}: {bad.what}")
@@ -762,6 +776,51 @@ def mount_view(backing: Path, paths: list[str]) -> tuple[Seen, list[str]]:
             except OSError:
                 pass
     return seen, problems
+
+
+def journaled(e: dict[str, Any]) -> list[str]:
+    """What a journal record says happened, as keys of Seen."""
+    kind, file = e.get("event"), str(e.get("file"))
+    if kind == "foreign":
+        return [FOREIGN + file]
+    if kind == "commit":
+        keys = [f"{JOURNALED}v:{file}:{e.get('new_version')}"]
+        if e.get("op") == "unlink":
+            keys.append(f"{JOURNALED}gone:{file}")
+        if e.get("op") == "rename":
+            keys.append(f"{JOURNALED}gone:{e.get('source')}")
+        return keys
+    if kind == "txn-intent":
+        return [f"{JOURNALED}v:{m.get('file')}:{m.get('version')}"
+                for m in e.get("members", []) if not m.get("delete")]
+    if kind == "reclaim":
+        return [f"{JOURNALED}e:{file}:{e.get('new_epoch')}"]
+    if kind == "rename":
+        return [f"{JOURNALED}gone:{e.get('source')}", f"{JOURNALED}moved:{file}"]
+    return []
+
+
+def unjournaled(seen: Seen, steps: list[Step], snaps: list[Snapshot], upto: int) -> list[str]:
+    """The acknowledged steps whose changes the recovered journal lacks (G5)."""
+    problems = []
+    for s in steps:
+        if s.acked_at is None or s.acked_at >= upto:
+            continue
+        before, after = snaps[s.n], snaps[s.n + 1]
+        for p in s.paths:
+            old, new = before[p], after[p]
+            if old == new:
+                continue
+            if new is None:
+                wanted = [f"gone:{p}"]
+            elif old is None or new[0] != old[0]:
+                wanted = [f"v:{p}:{new[0]}", f"moved:{p}"]
+            else:
+                wanted = [f"e:{p}:{new[1]}"]
+            if not any(JOURNALED + w in seen for w in wanted):
+                problems.append(f"step {s.n} ({s.what}), acknowledged before the cut: the "
+                                f"journal does not record it ({' or '.join(wanted)})")
+    return problems
 
 
 def judge(seen: Seen, steps: list[Step], snaps: list[Snapshot], upto: int) -> list[str]:
@@ -776,7 +835,10 @@ def judge(seen: Seen, steps: list[Step], snaps: list[Snapshot], upto: int) -> li
     def in_place_in_flight(p: str) -> bool:  # in-place writes are not atomic, by design
         return any(steps[i - 1].shared and p in steps[i - 1].paths for i in allowed if i > 0)
 
+    problems += unjournaled(seen, steps, snaps, upto)
     for p, got in seen.items():
+        if p.startswith(JOURNALED):
+            continue
         if p.startswith(FOREIGN):
             if not in_place_in_flight(p[len(FOREIGN):]):
                 problems.append(f"{p[len(FOREIGN):]}: its content is not the one its state "
@@ -978,7 +1040,7 @@ def check(work: Path, rounds: int, verbose: bool, reuse: bool = False,
         print(f"power-cut: known gap, met in {count} cut state(s): {what}")
     print(f"power-cut: {checked} cut states ({states} distinct) mounted and checked: every "
           f"file at a committed version with its own version and epoch, every acknowledged "
-          f"commit there, transactions whole, journals pass check-trace "
+          f"commit there and journaled, transactions whole, journals pass check-trace "
           f"({time.monotonic() - t0:.1f} s)")
     return 0
 
