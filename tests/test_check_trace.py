@@ -218,3 +218,28 @@ def test_a_rename_must_carry_the_version_the_journal_has(tmp_path: Path) -> None
     events.append({"event": "commit", "file": "f", "version": 0, "new_version": 1, "epoch": 0})
     events.append({"event": "commit", "file": "g", "version": 1, "new_version": 2, "epoch": 0})
     assert check_trace(doctored(tmp_path, [], *events)).returncode == 0
+
+
+def test_a_multi_file_commit_counts_for_each_member(tmp_path: Path) -> None:
+    intent = {"event": "txn-intent", "file": "a", "txn": "T", "pid": 1, "members": [
+        {"file": "a", "draft": "d1", "version": 2, "epoch": 0, "delete": False},
+        {"file": "b", "draft": "d2", "version": 1, "epoch": 0, "delete": True}]}
+    events = [
+        {"event": "commit", "file": "a", "version": 0, "new_version": 1, "epoch": 0},
+        {"event": "commit", "file": "b", "version": 0, "new_version": 1, "epoch": 0},
+        intent, {"event": "txn-commit", "file": "a", "txn": "T"},
+        {"event": "commit", "file": "a", "version": 2, "new_version": 3, "epoch": 0},
+        {"event": "commit", "file": "b", "version": 0, "new_version": 1, "epoch": 0},
+    ]
+    assert check_trace(doctored(tmp_path, [], *events)).returncode == 0
+    # A commit after it that rests on the version the transaction replaced.
+    events.append({"event": "commit", "file": "a", "version": 1, "new_version": 2,
+                   "epoch": 0})
+    result = check_trace(doctored(tmp_path, [], *events))
+    assert result.returncode == 1 and ":7: " in result.stdout, result.stdout
+    # Rolled back at the next mount: it never landed.
+    rolled_back = events[:3] + [{"event": "txn-recovered", "file": "a", "txn": "T",
+                                 "rolled": "back"},
+                                {"event": "commit", "file": "a", "version": 1,
+                                 "new_version": 2, "epoch": 0}]
+    assert check_trace(doctored(tmp_path, [], *rolled_back)).returncode == 0

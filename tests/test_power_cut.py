@@ -9,6 +9,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support.mount import ROOT, require_fuse
 from tests.test_durability import need_strace
 
@@ -17,7 +19,7 @@ POWER_CUT = ROOT / "scripts" / "power-cut"
 
 def power_cut(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(POWER_CUT), *args], capture_output=True, text=True,
-                          timeout=240)
+                          timeout=900)
 
 
 def test_every_power_cut_state_mounts_as_committed_versions(tmp_path: Path) -> None:
@@ -39,3 +41,13 @@ def test_every_power_cut_state_mounts_as_committed_versions(tmp_path: Path) -> N
                        "--drop-syncs", ".fencefs/drafts/*.draft")
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "power-cut: FAILED at a cut in step" in broken.stdout, broken.stdout
+
+
+@pytest.mark.slow
+def test_three_rounds_of_power_cuts() -> None:
+    """The long form: three rounds of the steps (about 20,000 cut states)."""
+    require_fuse()
+    need_strace()
+    result = power_cut("--rounds", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "46 steps" in result.stdout and "mounted and checked" in result.stdout
