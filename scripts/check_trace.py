@@ -26,13 +26,24 @@ Rules (the spec's names):
   current one (and the current version is the one the journal implies); a
   fenced refusal names an epoch other than the current one.
 
+- Multi-file commits: the members of a ``txn-intent`` count as commits of
+  their files (each resting on the version before the one it installs, under
+  the file's current epoch) once its ``txn-commit`` (or a ``txn-recovered``
+  rolled forward) is journaled; a delete takes its file away.
+- MovedWithItsVersion: a rename onto a free name (a ``rename`` event,
+  ``kind`` file or dir) moves the file (or every file below the directory)
+  with its version, epoch and history to the new path; the file's version
+  there is the one the journal has for its old path, and the commits that
+  follow at the new path continue from it (a version that repeats or skips
+  there fails as VersionMonotonic, a stale epoch as NoStaleApply). The old
+  path holds nothing afterwards.
+
 What the journal does not say is not guessed: a path the journal has not
 seen yet, or one that was unlinked or renamed away (a new file may appear
-there, at version 0 or carried by a rename that is not journaled), starts
-from the first event that names its version. A commit resting on version 0
-starts a new file at its path (renames onto a free name are not journaled,
-so the old file may have left unseen); a doctored commit on v0 is therefore
-not caught. A journaled commit undone
+there, at version 0), starts from the first event that names its version.
+A commit resting on version 0 starts a new file at its path (a file may go
+away unjournaled, deleted behind fencefs's back);
+a doctored commit on v0 is therefore not caught. A journaled commit undone
 later (a ``failed`` event with its new_version, or a draft the next mount
 put away as ``abandoned``) does not count. Several journals are checked
 one after the other, each on its own (each is one backing directory).
@@ -111,6 +122,7 @@ class Checker:
     def __init__(self, merged: bool = False) -> None:
         self.files: dict[str, File] = {}
         self.merged = merged
+        self.intents: dict[str, Event] = {}  # multi-file commits not finished yet
 
     def unplaced(self, e: Event) -> bool:
         """In a merged history, a refusal without an etcd revision was
@@ -125,7 +137,7 @@ class Checker:
     def check(self, line: int, e: Event) -> None:
         kind = e["event"]
         name = str(e.get("file", "?"))
-        handler = getattr(self, "on_" + kind, None)
+        handler = getattr(self, "on_" + str(kind).replace("-", "_"), None)
         if handler is not None:
             handler(line, name, self.file(name), e)
 
@@ -225,6 +237,72 @@ class Checker:
         f.version = new
         if epoch is not None:
             f.epoch = epoch
+
+    def on_rename(self, line: int, name: str, f: File, e: Event) -> None:
+        """A move onto a free name: what was at ``source`` (the file, or the
+        directory's files) is at ``file`` now, with its version and epoch."""
+        source = e.get("source")
+        if not isinstance(source, str) or source == name:
+            return
+        if e.get("kind") == "dir":
+            prefix = source + "/"
+            moving = {p: name + p[len(source):] for p in self.files if p.startswith(prefix)}
+        else:
+            moving = {source: name} if source in self.files else {}
+            old = self.files.get(source)
+            version, epoch = _int(e, "version"), _int(e, "epoch")
+            if old is not None and old.version is not None and version is not None \
+                    and version != old.version:
+                raise Violation(line, "MovedWithItsVersion",
+                                f"rename of {source} to {name} at v{version}, but the journal "
+                                f"has {source} at v{old.version}")
+            if old is not None and old.epoch is not None and epoch is not None \
+                    and epoch < old.epoch:
+                raise Violation(line, "MovedWithItsVersion",
+                                f"rename of {source} to {name} under epoch {epoch}, but the "
+                                f"journal has {source} at epoch {old.epoch}")
+        self._gone(name)  # a free name: whatever the journal had there left before
+        files = {new: self.files.pop(old) for old, new in moving.items()}
+        self._gone(source)
+        self.files.update(files)
+        if e.get("kind") != "dir" and name not in files:
+            # moved from a path the journal never saw: what it says is a start
+            fresh = self.file(name)
+            fresh.version, fresh.epoch = _int(e, "version"), _int(e, "epoch")
+
+    # -- multi-file commits -------------------------------------------------------------
+
+    def on_txn_intent(self, line: int, name: str, f: File, e: Event) -> None:
+        self.intents[str(e.get("txn"))] = e
+
+    def on_txn_commit(self, line: int, name: str, f: File, e: Event) -> None:
+        intent = self.intents.pop(str(e.get("txn")), None)
+        if intent is not None:
+            self._members(line, intent)
+
+    def on_txn_recovered(self, line: int, name: str, f: File, e: Event) -> None:
+        intent = self.intents.pop(str(e.get("txn")), None)
+        if intent is not None and e.get("rolled") == "forward":
+            self._members(line, intent)
+
+    def _members(self, line: int, intent: Event) -> None:
+        """A multi-file commit that landed: each member is a commit of its
+        file (resting on the version before the one it installs), each
+        delete takes its file away."""
+        for m in intent.get("members") or []:
+            if not isinstance(m, dict):
+                continue
+            file = str(m.get("file"))
+            if m.get("delete"):
+                self._gone(file)
+                continue
+            version = _int(m, "version")
+            if version is None:
+                continue
+            self.on_commit(line, file, self.file(file), {
+                "event": "commit", "file": file, "pid": intent.get("pid"),
+                "version": version - 1, "new_version": version, "epoch": m.get("epoch"),
+                "draft": m.get("draft")})
 
     # -- epochs ----------------------------------------------------------------------
 

@@ -50,10 +50,12 @@ def real_journal(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
             b.ok("writefile", m.path("gone.txt"), "x")
             b.ok("unlink", m.path("gone.txt"))
             b.ok("writefile", m.path("gone.txt"), "again")
+            b.ok("rename", m.path("gone.txt"), m.path("moved.txt"))  # onto a free name
+            b.ok("writefile", m.path("moved.txt"), "moved, then rewritten")
             b.close()
             z.close()
         events = [e["event"] for e in m.journal()]
-        for kind in ("commit", "conflict", "fenced", "reclaim", "killed"):
+        for kind in ("commit", "conflict", "fenced", "reclaim", "killed", "rename"):
             assert kind in events, (kind, events)
         assert version(plan) == 4
         lines = m.journal_path().read_text().splitlines()
@@ -165,3 +167,79 @@ def test_torn_lines_are_skipped_and_bad_arguments_are_refused(tmp_path: Path) ->
     missing = check_trace(tmp_path / "nope.jsonl")
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     assert check_trace().returncode == 2
+
+
+# A file moved onto a free name (journaled as ``rename``), then committed
+# at its new path: only a checker that follows the move sees what it rests on.
+MOVES: dict[str, tuple[str, list[dict[str, object]]]] = {
+    "stale epoch after a move": ("NoStaleApply", [
+        {"event": "commit", "file": "f", "version": 0, "new_version": 1, "epoch": 0},
+        {"event": "reclaim", "file": "f", "version": 1, "epoch": 0, "new_epoch": 1},
+        {"event": "rename", "file": "g", "source": "f", "kind": "file", "version": 1,
+         "epoch": 1},
+        {"event": "commit", "file": "g", "version": 1, "new_version": 2, "epoch": 0}]),
+    "version repeated after a move": ("VersionMonotonic", [
+        {"event": "commit", "file": "f", "version": 0, "new_version": 1, "epoch": 0},
+        {"event": "commit", "file": "f", "version": 1, "new_version": 2, "epoch": 0},
+        {"event": "rename", "file": "g", "source": "f", "kind": "file", "version": 2,
+         "epoch": 0},
+        {"event": "foreign", "file": "g", "version": 1, "new_version": 2, "epoch": 0}]),
+    "stale epoch after a directory move": ("NoStaleApply", [
+        {"event": "commit", "file": "d/f", "version": 0, "new_version": 1, "epoch": 0},
+        {"event": "reclaim", "file": "d/f", "version": 1, "epoch": 0, "new_epoch": 1},
+        {"event": "rename", "file": "e", "source": "d", "kind": "dir"},
+        {"event": "commit", "file": "e/f", "version": 1, "new_version": 2, "epoch": 0}]),
+}
+
+
+@pytest.mark.parametrize("case", list(MOVES))
+def test_a_moved_file_is_followed_to_its_new_name(tmp_path: Path, case: str) -> None:
+    rule, events = MOVES[case]
+    result = check_trace(doctored(tmp_path, [], *events))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f":{len(events)}: {rule}: " in result.stdout, result.stdout
+    # Without the rename line the bad event is not caught: the new rule did it.
+    unfollowed = [e for e in events if e["event"] != "rename"]
+    assert check_trace(doctored(tmp_path, [], *unfollowed)).returncode == 0
+
+
+def test_a_rename_must_carry_the_version_the_journal_has(tmp_path: Path) -> None:
+    events = [
+        {"event": "commit", "file": "f", "version": 0, "new_version": 1, "epoch": 0},
+        {"event": "rename", "file": "g", "source": "f", "kind": "file", "version": 3,
+         "epoch": 0},
+    ]
+    result = check_trace(doctored(tmp_path, [], *events))
+    assert result.returncode == 1 and ":2: MovedWithItsVersion: " in result.stdout, \
+        result.stdout
+    events[1]["version"] = 1
+    assert check_trace(doctored(tmp_path, [], *events)).returncode == 0
+    # The old path holds nothing afterwards: a new file there starts afresh.
+    events.append({"event": "commit", "file": "f", "version": 0, "new_version": 1, "epoch": 0})
+    events.append({"event": "commit", "file": "g", "version": 1, "new_version": 2, "epoch": 0})
+    assert check_trace(doctored(tmp_path, [], *events)).returncode == 0
+
+
+def test_a_multi_file_commit_counts_for_each_member(tmp_path: Path) -> None:
+    intent = {"event": "txn-intent", "file": "a", "txn": "T", "pid": 1, "members": [
+        {"file": "a", "draft": "d1", "version": 2, "epoch": 0, "delete": False},
+        {"file": "b", "draft": "d2", "version": 1, "epoch": 0, "delete": True}]}
+    events = [
+        {"event": "commit", "file": "a", "version": 0, "new_version": 1, "epoch": 0},
+        {"event": "commit", "file": "b", "version": 0, "new_version": 1, "epoch": 0},
+        intent, {"event": "txn-commit", "file": "a", "txn": "T"},
+        {"event": "commit", "file": "a", "version": 2, "new_version": 3, "epoch": 0},
+        {"event": "commit", "file": "b", "version": 0, "new_version": 1, "epoch": 0},
+    ]
+    assert check_trace(doctored(tmp_path, [], *events)).returncode == 0
+    # A commit after it that rests on the version the transaction replaced.
+    events.append({"event": "commit", "file": "a", "version": 1, "new_version": 2,
+                   "epoch": 0})
+    result = check_trace(doctored(tmp_path, [], *events))
+    assert result.returncode == 1 and ":7: " in result.stdout, result.stdout
+    # Rolled back at the next mount: it never landed.
+    rolled_back = events[:3] + [{"event": "txn-recovered", "file": "a", "txn": "T",
+                                 "rolled": "back"},
+                                {"event": "commit", "file": "a", "version": 1,
+                                 "new_version": 2, "epoch": 0}]
+    assert check_trace(doctored(tmp_path, [], *rolled_back)).returncode == 0

@@ -404,10 +404,17 @@ class CommitEngine:
         """Renaming a regular file over another is a commit of the target:
         the moved content becomes its next version."""
         new = target.path
+        if self.durable:  # the moved data first, off the event loop
+            await trio.to_thread.run_sync(self.backing.sync_file, old)
 
         def install(version: int, epoch: int) -> None:
             fp = self.backing.write_state(
                 old, Persisted(version, epoch, target.policy), durable=False)
+            if self.durable:
+                # The new state reaches the disk before the rename can: a
+                # crash never leaves the moved content at ``new`` carrying
+                # the state it had at ``old`` (only metadata is left to sync).
+                self.backing.sync_file(old)
             self.keep(target, version - 1)
             self.drafts.trash.keep(new)  # the replaced content is freed off the request path
             self.backing.tree.rename(old, new)

@@ -9,7 +9,9 @@ Namespace changes (unlink, rename, mkdir, rmdir, symlink, mknod, a create)
 are not close() or fsync(), so G6 does not ask for them one by one: their
 directories are only marked (``namespace_changed``) and synced with the next
 durable step of any commit, fsync or fsyncdir, and at the latest by the
-upkeep task (``flush_namespace``, every few seconds). A commit therefore
+upkeep task (``flush_namespace``, every few seconds). A move onto a free
+name is journaled (``moved``: a ``rename`` event, for readers of the journal
+such as scripts/check-trace), with no fsync either. A commit therefore
 never rests on a directory entry above it that a crash could lose: the
 directories of every namespace change before it are synced with it
 (docs/guide.md, "What a crash can lose").
@@ -18,6 +20,7 @@ directories of every namespace change before it are synced with it
 from __future__ import annotations
 
 import errno
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -107,6 +110,20 @@ class Journaling:
         """Refuse (ENOSPC) a commit or reclaim the journal has no room for."""
         if not self.journal.reserve():
             raise OSError(errno.ENOSPC, "no room left to journal the change")
+
+    def moved(self, old: str, new: str, mode: int, file: FileState | None,
+              caller: Callable[[], Caller]) -> None:
+        """A regular file or a directory moved onto a free name: a ``rename``
+        event (``kind`` file or dir, the moved file's version and epoch), so
+        that a reader of the journal (scripts/check-trace) follows what moved.
+        Not a commit: no fsync of its own (see the module's docstring)."""
+        kind = "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else None
+        if kind is None:
+            return
+        who = caller()
+        self.record("rename", new, identity=who.identity, pid=who.pid, source=old, kind=kind,
+                    version=file.version if file is not None else None,
+                    epoch=file.epoch if file is not None else None)
 
     # -- durability ------------------------------------------------------------
 

@@ -326,6 +326,10 @@ class Transactions:
         def prepare_all() -> None:
             for draft, persisted in work:
                 self.drafts.prepare(draft, persisted, durable=self.durable)
+            if self.durable:
+                # Their names in drafts/ too: the intent (synced next) names
+                # them, and a roll forward finds them there after a crash.
+                self.drafts.sync_dir()
 
         if self.durable:
             await trio.to_thread.run_sync(prepare_all)

@@ -564,11 +564,15 @@ class FenceOperations(pyfuse3.Operations):
             await self.commits.rename_over(old, self.files.file(new, dst_st),
                                            self.ids.resolve(ctx.pid))
         else:
+            moving_file = self.coord.get(old) if stat.S_ISREG(src_st.st_mode) else None
             self.backing.tree.rename(old, new)
             if dst_st is not None:
                 self.coord.removed(new)
             self.files.moved(old, new)
             self.history.moved(old, new, is_dir=stat.S_ISDIR(src_st.st_mode))
+            # Journaled (a namespace change: no fsync), so the journal follows it.
+            self.journaling.moved(old, new, src_st.st_mode, moving_file,
+                                  lambda: self.ids.resolve(ctx.pid))
         self.inodes.moved(parent_inode_old, os.fsdecode(name_old),
                           parent_inode_new, os.fsdecode(name_new))
         self.kernel.content_changed(new)

@@ -22,6 +22,7 @@ from fencefs.engine.txns import Transactions
 from fencefs.etcd.engine import EtcdCoordination
 from fencefs.fuse.hosts import Hosts
 from fencefs.fuse.identity import alive
+from fencefs.store.backing import META_DIR
 from fencefs.store.drafts import Drafts
 from fencefs.store.snapshots import Snapshots
 
@@ -49,6 +50,10 @@ class Upkeep:
         Across hosts: later, by ``recover_across_hosts``, which asks etcd
         first; transactions are refused there (none to roll), and a half-made
         snapshot on the shared backing may be another host's, still building."""
+        # What a mount makes in .fencefs/ (the journal, drafts/, trash/...)
+        # reaches the disk with the first durable step, before any reply
+        # says a commit is durable: the journal and the drafts are found there.
+        self.journaling.namespace_changed("", META_DIR)
         if self.etcd is not None:
             return 0
         rolled = len(self.txns.store.recover())

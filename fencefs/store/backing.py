@@ -118,6 +118,14 @@ class Backing:
     def sync_dir(self, rel_dir: str) -> None:
         self.tree.sync_dir(rel_dir)
 
+    def sync_file(self, rel: str) -> None:
+        """fsync a regular file (its data and metadata, attributes included)."""
+        fd = self.tree.open(rel, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def exists(self, rel: str) -> bool:
         """Whether a node (of any kind; a symlink is not followed) is at ``rel``."""
         try:

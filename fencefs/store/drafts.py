@@ -98,6 +98,14 @@ class Drafts:
         if durable:
             os.fsync(draft.fd)
 
+    def sync_dir(self) -> None:
+        """fsync drafts/ itself: the drafts' names in it reach the disk."""
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def install(self, draft: Draft) -> None:
         """The atomic step: the draft becomes the file's content. (The
         content it replaces is freed by the trash, off the request path.)"""
