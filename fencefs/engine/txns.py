@@ -37,7 +37,7 @@ from collections.abc import Callable
 import trio
 
 from fencefs.core import Caller, FileState, Persisted
-from fencefs.core.errors import BadValue
+from fencefs.core.errors import BadValue, FenceError
 from fencefs.core.model import SHARED
 from fencefs.core.transaction import Member, Planned, TxnRefused, check_members
 from fencefs.engine.coordination import Coordination
@@ -220,8 +220,8 @@ class Transactions:
             moved = ",".join(e.paths)
             self.results[root] = (e.errno, f"{e.reason} moved={moved}")
             raise
-        except (OSError, BadValue) as e:
-            code = e.errno if isinstance(e, OSError) and e.errno else errno.EINVAL
+        except (OSError, BadValue, FenceError) as e:
+            code = e.errno if isinstance(e, (OSError, FenceError)) and e.errno else errno.EINVAL
             self.results[root] = (code, str(e).replace("\n", " "))
             raise
         self.results[root] = (0, "committed files=" + ",".join(files))
@@ -258,8 +258,13 @@ class Transactions:
             self._empty(root)
             raise OSError(errno.ECANCELED, "a writer of this transaction was killed")
         try:
+            await self.coord.sync_many([i.target for i in items])  # across hosts: etcd's view
             await self._prepare(items)
             self.journaling.room()
+        except FenceError as e:   # etcd unreachable
+            self._reject(items, caller, e.reason, txn)
+            self._empty(root)
+            raise
         except OSError:
             self._reject(items, caller, "failed", txn)
             self._empty(root)
@@ -278,9 +283,13 @@ class Transactions:
         try:
             planned = await self.coord.commit_many(
                 states, members, caller.identity,
-                lambda plan: self._install(txn, caller, items, states, plan))
+                lambda plan: self._install(txn, caller, items, states, plan), txn=txn)
         except TxnRefused as e:
             self._reject(items, caller, e.reason, txn, refused=e.paths)
+            self._empty(root)
+            raise
+        except FenceError as e:   # across hosts: etcd could not decide (EHOSTUNREACH)
+            self._reject(items, caller, e.reason, txn)
             self._empty(root)
             raise
         except OSError:
@@ -342,20 +351,25 @@ class Transactions:
 
     def _member(self, item: Item, file: FileState | None, identity: str,
                 rests: Rests) -> Member:
+        name = item.draft.name  # recorded across hosts, for roll-forward
         if item.target in rests:  # the stager said what it read
             said = rests[item.target]
             if said is not None:
-                return Member(item.target, said[0], said[1], delete=item.delete)
+                return Member(item.target, said[0], said[1], delete=item.delete, content=name)
             if file is not None:  # read as missing, exists now: conflicts
-                return Member(item.target, -1, file.epoch, exists=False, delete=item.delete)
+                return Member(item.target, -1, file.epoch, exists=False, delete=item.delete,
+                              content=name)
         if file is None:
             tomb = self.files.tombstones.get(item.target)
             version, epoch = (tomb[0], tomb[1]) if tomb is not None else (0, 0)
-            return Member(item.target, version, epoch, exists=False, delete=item.delete)
+            return Member(item.target, version, epoch, exists=False, delete=item.delete,
+                          content=name)
         seen = file.readers.get(identity)
         if seen is not None:  # what the identity read
-            return Member(item.target, seen.version, seen.epoch, delete=item.delete)
-        return Member(item.target, file.version, file.epoch, delete=item.delete)  # blind
+            return Member(item.target, seen.version, seen.epoch, delete=item.delete,
+                          content=name)
+        return Member(item.target, file.version, file.epoch, delete=item.delete,
+                      content=name)  # blind
 
     def _install(self, txn: str, caller: Caller, items: list[Item],
                  states: dict[str, FileState | None], plan: list[Planned]) -> None:

@@ -43,6 +43,7 @@ from fencefs.engine.journaling import Journaling
 from fencefs.etcd import coordination as co
 from fencefs.etcd.client import EtcdClient, EtcdError, EtcdUnreachable, LeaseNotFound, Put
 from fencefs.etcd.keys import Holder, Layout, Marker, Record
+from fencefs.etcd.txns import HostTxns, is_txn_draft
 from fencefs.store.drafts import Drafts
 
 log = logging.getLogger("fencefs.etcd")
@@ -135,6 +136,8 @@ class EtcdCoordination(LocalCoordination):
         self._holds: dict[str, tuple[Holder, set[int]]] = {}
         self._nursery: trio.Nursery | None = None
         self.release = self._release  # type: ignore[method-assign]
+        # multi-file commits and their roll-forward (fencefs/etcd/txns.py)
+        self.txns = HostTxns(self, ROLL_GRACE)
 
     # -- life ----------------------------------------------------------------
 
@@ -229,6 +232,10 @@ class EtcdCoordination(LocalCoordination):
         let a reader be served old content under the new version: a lost
         update (specs/MultiHost.tla, mutant NoRollForward)."""
         rec = view.record
+        if self.txns.pending_member(rec, view.path):
+            assert rec is not None
+            await self.txns.roll(rec.txn)   # the whole transaction, not one file
+            return
         if rec is None or not rec.content:
             return
         name = rec.content
@@ -420,14 +427,15 @@ class EtcdCoordination(LocalCoordination):
                 file.epoch = epoch
         return epoch
 
+    async def sync_many(self, paths: Sequence[str]) -> None:
+        await self.txns.sync(paths)
+
     async def commit_many(self, files: Mapping[str, FileState | None],
                           members: Sequence[Member], identity: str,
-                          install_all: Callable[[list[Planned]], None]) -> list[Planned]:
-        """Multi-file transactions are not decided by etcd yet: refused with
-        ``EOPNOTSUPP`` before anything is installed (the engine keeps the
-        drafts under ``rejected/``; docs/multihost.md, Limits)."""
-        raise OSError(errno.EOPNOTSUPP, "multi-file transactions are not supported across "
-                      "hosts (--etcd) yet: nothing was committed")
+                          install_all: Callable[[list[Planned]], None],
+                          txn: str = "") -> list[Planned]:
+        """One etcd transaction for every member (fencefs/etcd/txns.py)."""
+        return await self.txns.commit_many(files, members, identity, install_all, txn)
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -436,7 +444,9 @@ class EtcdCoordination(LocalCoordination):
         """This host's drafts orphaned by its previous life (see ``recover``);
         those put away are journaled as ``abandoned``, and what history kept
         for their commit is dropped (``unkeep``)."""
-        orphans = [(path, str(meta.get("path", "?"))) for path, meta in drafts.orphans()]
+        found = drafts.orphans()
+        orphans = [(path, str(meta.get("path", "?"))) for path, meta in found
+                   if not is_txn_draft(meta)]
 
         def put_away(draft: str, target: str) -> None:
             name = drafts.put_away(draft, target, "?", "abandoned")
@@ -448,11 +458,15 @@ class EtcdCoordination(LocalCoordination):
             async with self.settings.client() as client:
                 self.client = client
                 try:
-                    count = await self.recover(orphans, put_away)
+                    count = await self.txns.recover(
+                        [(p, m) for p, m in found if is_txn_draft(m)], put_away)
+                    count += await self.recover(orphans, put_away)
                 finally:
                     self.client = None
         else:
-            count = await self.recover(orphans, put_away)
+            count = await self.txns.recover([(p, m) for p, m in found if is_txn_draft(m)],
+                                            put_away)
+            count += await self.recover(orphans, put_away)
         if count:
             journaling.journal.sync()
         return count

@@ -40,6 +40,8 @@ class Upkeep:
         self.drafts = drafts
         self.etcd = etcd
         self.sweep_after = sweep_after
+        if etcd is not None:   # a host that rolls another's transaction forward journals it
+            etcd.txns.record = journaling.record
 
     def recover(self) -> int:
         """Roll interrupted transactions forward or back, drop half-made
@@ -72,6 +74,8 @@ class Upkeep:
                 continue
             tick = time.monotonic() + interval
             await self.journaling.flush_namespace()
+            if self.etcd is not None:   # transactions decided by a host that died
+                await self.etcd.txns.sweep(time.monotonic())
             self.prune_identities()
             if self.sweep_after is not None:
                 await self.commits.sweep(time.monotonic(), self.sweep_after)
