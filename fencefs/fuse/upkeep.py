@@ -47,7 +47,7 @@ class Upkeep:
         """Roll interrupted transactions forward or back, drop half-made
         snapshots, then put drafts orphaned by a crash away as abandoned.
         Across hosts: later, by ``recover_across_hosts``, which asks etcd
-        first; transactions are refused there (none to roll), and a half-made
+        first (a transaction is rolled forward if etcd decided it), and a half-made
         snapshot on the shared backing may be another host's, still building."""
         if self.etcd is not None:
             return 0
