@@ -366,3 +366,44 @@ def test_snapshot_restore_is_one_fenced_commit(mount: Mount) -> None:
     texts = [Path(mount.path(f)).read_text() for f in ("a.md", "b.md")]
     assert texts == ["a1\n", "b1\n"]
     assert events(mount, "txn-commit")[-1]["files"] == ["a.md", "b.md"]
+
+
+def test_staging_of_a_killed_shell_agent_is_put_away(mount: Mount) -> None:
+    """A shell agent stages two files and is SIGKILLed before it commits. While
+    it lives, the upkeep leaves its staging directory alone; once it is dead,
+    the upkeep puts the staged files under rejected/ (reason abandoned), says
+    so in one txn-abandoned journal line, and removes the directory. Nothing
+    was committed."""
+    import signal
+
+    mount.seed("a.txt", "a0\n")
+    root = staging(mount, "s")
+    agent = subprocess.Popen(
+        ["bash", "-c", f"""cd {mount.mnt}; mkdir {root}; cat a.txt > /dev/null
+            echo a1 > {root}/a.txt; mkdir {root}/sub; echo b1 > {root}/sub/b.txt
+            echo staged; sleep 600"""],
+        env={**os.environ, "FENCEFS_AGENT": "shell"}, stdout=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        assert agent.stdout is not None and agent.stdout.readline() == "staged\n"
+        rejected = len(mount.rejected())
+        mount.wait_upkeep()
+        mount.wait_upkeep()   # two upkeep runs while the owner lives: left alone
+        assert sorted(os.listdir(root)) == ["a.txt", "sub"]
+        assert events(mount, "txn-abandoned") == []
+    finally:
+        os.killpg(agent.pid, signal.SIGKILL)   # the shell and its sleep
+        agent.wait()
+        agent.stdout.close()
+    deadline = time.monotonic() + 30
+    while not events(mount, "txn-abandoned"):
+        assert time.monotonic() < deadline, "the killed agent's staging directory stayed"
+        time.sleep(0.05)
+    gone = events(mount, "txn-abandoned")[-1]
+    assert gone["file"] == ".fencefs/txn/s" and gone["identity"] == "agent:shell"
+    assert gone["files"] == ["a.txt", "sub/b.txt"]
+    assert not root.exists()
+    now = mount.rejected()
+    assert len(now) == rejected + 2 and all(".abandoned.agent:shell." in n for n in now[-2:])
+    assert Path(mount.path("a.txt")).read_text() == "a0\n"
+    assert not os.path.exists(mount.path("sub/b.txt"))

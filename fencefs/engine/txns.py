@@ -54,6 +54,9 @@ log = logging.getLogger("fencefs.engine")
 Rests = dict[str, tuple[int, int] | None]
 
 OWNER_XATTR = "user.fencefs.txn-owner"
+# The owner's processes at mkdir, [[pid, start time], ...] (fuse/identity.py
+# anchors_of): once none of them lives, the upkeep puts the staged files away.
+ANCHORS_XATTR = "user.fencefs.txn-anchors"
 
 
 def staging_name(rel: str) -> str | None:
@@ -95,11 +98,15 @@ class Transactions:
 
     # -- staging ---------------------------------------------------------------
 
-    def begin(self, rel: str, caller: Caller) -> None:
-        """``mkdir .fencefs/txn/NAME``: the caller's identity owns it."""
+    def begin(self, rel: str, caller: Caller,
+              anchors: list[tuple[int, int]] | None = None) -> None:
+        """``mkdir .fencefs/txn/NAME``: the caller's identity owns it; its
+        process and that one's parent (``anchors``) are what keeps it alive."""
         if "/" in rel[len(STAGING) + 1:]:
             return  # a subdirectory of a staging directory
         self.backing.tree.setxattr(rel, OWNER_XATTR, caller.identity.encode())
+        if anchors:
+            self.backing.tree.setxattr(rel, ANCHORS_XATTR, json.dumps(anchors).encode())
         self.poisoned.discard(rel)
 
     def killed(self, rel: str) -> None:
@@ -196,6 +203,75 @@ class Transactions:
             if not stat.S_ISDIR(st.st_mode):
                 raise BadValue(f"cannot create {target!r}: {'/'.join(parts[:n])!r} "
                                f"is not a directory")
+
+    # -- abandoned staging directories --------------------------------------------
+
+    def sweep_abandoned(self, owner_alive: Callable[[str, list[tuple[int, int]]], bool]
+                        ) -> list[str]:
+        """The upkeep's look at ``.fencefs/txn/``: a staging directory whose
+        owner is gone (``owner_alive(identity, anchors)`` says no: none of the
+        processes recorded at its mkdir lives, nor any process that read as
+        its identity) and that no handle has open is put away: its staged
+        files go to ``rejected/`` (reason ``abandoned``), one ``txn-abandoned``
+        journal line names them, and the directory is removed. It never
+        committed and now never will (G7). Directories made without
+        anchors (by an older daemon) are left alone. Returns the roots."""
+        swept = []
+        for name, st in self.backing.tree.listdir(STAGING):
+            root = f"{STAGING}/{name}"
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                continue
+            try:
+                anchors = [(int(p), int(t)) for p, t in json.loads(
+                    self.backing.tree.getxattr(root, ANCHORS_XATTR))]
+            except (OSError, ValueError, TypeError):
+                continue
+            owner = self._owner(root)
+            if owner_alive(owner, anchors) or self._open_under(root):
+                continue
+            self._put_away(root, owner)
+            swept.append(root)
+        return swept
+
+    def _open_under(self, root: str) -> bool:
+        return any(h.path.startswith(root + "/") for h in self.handles.handles.values())
+
+    def _put_away(self, root: str, owner: str) -> None:
+        tree = self.backing.tree
+        files: list[str] = []
+        rejected: list[str] = []
+
+        def walk(rel: str, sub: str) -> None:
+            for name, st in tree.listdir(rel):
+                path, target = f"{rel}/{name}", f"{sub}/{name}" if sub else name
+                mode = st.st_mode if st is not None else 0
+                if stat.S_ISDIR(mode):
+                    walk(path, target)
+                    tree.rmdir(path)
+                    continue
+                if stat.S_ISREG(mode) and name not in (DELETE_LIST, RESTS_LIST):
+                    # by descriptor into drafts/ (no symlink followed), then away
+                    moved = os.path.join(self.drafts.dir,
+                                         f"{self.drafts.prefix}{os.getpid()}-gone-{new_id()}")
+                    with tree.parent(path) as (dir_fd, leaf):
+                        os.rename(leaf, moved, src_dir_fd=dir_fd)
+                    files.append(target)
+                    rejected.append(self.drafts.put_away(moved, target, owner or "?",
+                                                         "abandoned"))
+                else:
+                    tree.unlink(path)
+                self.coord.removed(path)
+                self.files.fingerprints.pop(path, None)
+
+        try:
+            walk(root, "")
+            tree.rmdir(root)
+        except OSError as e:   # something new appeared meanwhile: the next sweep
+            log.warning("could not put away the staging directory %s: %s", root, e)
+        self.poisoned.discard(root)
+        self.results.pop(root, None)
+        self.journaling.record("txn-abandoned", root, identity=owner, files=sorted(files),
+                               rejected=rejected, reason="owner-gone")
 
     # -- the commit --------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from fencefs.engine.journaling import Journaling
 from fencefs.engine.readers import Readers
 from fencefs.engine.txns import Transactions
 from fencefs.etcd.engine import EtcdCoordination
-from fencefs.fuse.identity import alive
+from fencefs.fuse.identity import alive, anchor_alive
 from fencefs.store.drafts import Drafts
 from fencefs.store.snapshots import Snapshots
 
@@ -76,9 +76,16 @@ class Upkeep:
             await self.journaling.flush_namespace()
             if self.etcd is not None:   # transactions decided by a host that died
                 await self.etcd.txns.sweep(time.monotonic())
+            self.txns.sweep_abandoned(self.owner_alive)
             self.prune_identities()
             if self.sweep_after is not None:
                 await self.commits.sweep(time.monotonic(), self.sweep_after)
+
+    def owner_alive(self, identity: str, anchors: list[tuple[int, int]]) -> bool:
+        """A staging directory's owner lives while a process recorded at its
+        mkdir does, or a process that read as its identity."""
+        return (any(anchor_alive(a) for a in anchors)
+                or any(alive(pid) for pid in self.readers.identity_pids.get(identity, ())))
 
     def prune_identities(self) -> int:
         dropped = 0
