@@ -22,6 +22,7 @@ from fencefs.engine.txns import Transactions
 from fencefs.etcd.engine import EtcdCoordination
 from fencefs.fuse.identity import alive, anchor_alive
 from fencefs.store.drafts import Drafts
+from fencefs.store.retention import Dropped
 from fencefs.store.snapshots import Snapshots
 
 
@@ -70,6 +71,7 @@ class Upkeep:
             with trio.move_on_at(tick):  # or earlier, when a file's history is full
                 await self.history.wanted.wait()
             await self.history.sweep(time.time())
+            await self.sweep_snapshots(time.time())
             if time.monotonic() < tick:
                 continue
             tick = time.monotonic() + interval
@@ -80,6 +82,24 @@ class Upkeep:
             self.prune_identities()
             if self.sweep_after is not None:
                 await self.commits.sweep(time.monotonic(), self.sweep_after)
+
+    async def sweep_snapshots(self, now: float) -> Dropped:
+        """The snapshot bounds (``--keep-snapshots``, ``--keep-snapshots-for``):
+        the oldest snapshots past them are deleted (on a worker thread: a big
+        tree takes a while), journaled as one ``retention`` line."""
+        policy = self.history.policy
+        dropped = Dropped("snapshots")
+        for info in self.snapshots.over_bounds(policy.keep_snapshots,
+                                               policy.keep_snapshots_for, now):
+            try:
+                await trio.to_thread.run_sync(self.snapshots.delete, info.name)
+            except FileNotFoundError:
+                continue   # deleted meanwhile (by a person, or another host)
+            dropped.add(info.bytes, info.name)
+        if dropped.count:
+            self.history._journal_drop(dropped, "sweep")
+            self.history.flush_drops(force=True)
+        return dropped
 
     def owner_alive(self, identity: str, anchors: list[tuple[int, int]]) -> bool:
         """A staging directory's owner lives while a process recorded at its
