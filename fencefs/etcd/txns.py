@@ -42,7 +42,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import trio
@@ -204,6 +204,15 @@ class HostTxns:
 
     # -- the decision ---------------------------------------------------------------------
 
+    def _floor(self, m: Member, file: FileState | None) -> Member:
+        """A member that creates its file continues the path's numbering as
+        etcd knows it (another host may have deleted it at a later version
+        than this host's tombstone): versions never go down."""
+        known = self.coord._rev.get(m.path)
+        if file is None and known is not None and known[0] > m.version:
+            return replace(m, version=known[0])
+        return m
+
     def _entries(self, files: Mapping[str, FileState | None], members: Sequence[Member],
                  planned: Sequence[Planned], identity: str, txn: str) -> list[Entry]:
         out = []
@@ -230,6 +239,7 @@ class HostTxns:
         refusals = decide_many(files, members)   # this host's view is fresh (sync)
         if refusals:
             raise TxnRefused(refusals)
+        members = [self._floor(m, files.get(m.path)) for m in members]
         planned = plan(files, members)
         entries = self._entries(files, members, planned, identity, txn)
         intent = intent_bytes(self.coord.host, identity, members, planned)
