@@ -105,8 +105,9 @@ class Transactions:
         if "/" in rel[len(STAGING) + 1:]:
             return  # a subdirectory of a staging directory
         self.backing.tree.setxattr(rel, OWNER_XATTR, caller.identity.encode())
-        if anchors:
-            self.backing.tree.setxattr(rel, ANCHORS_XATTR, json.dumps(anchors).encode())
+        if anchors:   # with the host (--etcd: the backing is shared; pids are not)
+            self.backing.tree.setxattr(rel, ANCHORS_XATTR, json.dumps(
+                {"host": self.drafts.prefix, "anchors": anchors}).encode())
         self.poisoned.discard(rel)
 
     def killed(self, rel: str) -> None:
@@ -215,17 +216,20 @@ class Transactions:
         files go to ``rejected/`` (reason ``abandoned``), one ``txn-abandoned``
         journal line names them, and the directory is removed. It never
         committed and now never will (G7). Directories made without
-        anchors (by an older daemon) are left alone. Returns the roots."""
+        anchors (by an older daemon) or through another host's mount are
+        left alone. Returns the roots."""
         swept = []
         for name, st in self.backing.tree.listdir(STAGING):
             root = f"{STAGING}/{name}"
             if st is None or not stat.S_ISDIR(st.st_mode):
                 continue
             try:
-                anchors = [(int(p), int(t)) for p, t in json.loads(
-                    self.backing.tree.getxattr(root, ANCHORS_XATTR))]
-            except (OSError, ValueError, TypeError):
+                made = json.loads(self.backing.tree.getxattr(root, ANCHORS_XATTR))
+                anchors = [(int(p), int(t)) for p, t in made["anchors"]]
+            except (OSError, ValueError, TypeError, KeyError):
                 continue
+            if made.get("host") != self.drafts.prefix:
+                continue   # made through another host's mount: its processes are there
             owner = self._owner(root)
             if owner_alive(owner, anchors) or self._open_under(root):
                 continue
