@@ -115,8 +115,10 @@ ok=""; refused=0
 for i in $(seq 1 "$ROUNDS"); do
   d=.fencefs/txn/$FENCEFS_AGENT-$i
   mkdir "$d"
-  n=$(wc -l < a.txt)
-  for f in a b c; do { cat $f.txt; echo "$n $FENCEFS_AGENT-$i"; } > "$d/$f.txt"; done
+  for f in a b c; do      # one read per file: the line number comes from what is copied
+    c=$(cat $f.txt); [ $f = a ] && n=$(printf '%s\n' "$c" | wc -l)
+    printf '%s\n%s\n' "$c" "$n $FENCEFS_AGENT-$i" > "$d/$f.txt"
+  done
   if setfattr -n user.fencefs.commit -v 1 "$d" 2>/dev/null; then ok="$ok $FENCEFS_AGENT-$i"
   else refused=$((refused + 1)); fi
   rmdir "$d"
