@@ -370,14 +370,26 @@ def test_snapshot_restore_is_one_fenced_commit(mount: Mount) -> None:
     assert events(mount, "txn-commit")[-1]["files"] == ["a.md", "b.md"]
 
 
-def test_staging_of_a_killed_shell_agent_is_put_away(mount: Mount) -> None:
+def test_staging_of_a_killed_shell_agent_is_put_away(tmp_path: Path) -> None:
     """A shell agent stages two files and is SIGKILLed before it commits. While
-    it lives, the upkeep leaves its staging directory alone; once it is dead,
-    the upkeep puts the staged files under rejected/ (reason abandoned), says
-    so in one txn-abandoned journal line, and removes the directory. Nothing
-    was committed."""
+    it lives, the upkeep leaves its staging directory alone; once it has been
+    dead for --keep-staging-for (1 s here), the upkeep puts the staged files
+    under rejected/ (reason abandoned), says so in one txn-abandoned journal
+    line, and removes the directory. Nothing was committed."""
     import signal
 
+    from tests.support.mount import require_fuse
+
+    require_fuse()
+    mount = Mount(tmp_path, "--keep-staging-for", "1s")
+    mount.start()
+    try:
+        _killed_shell_agent(mount, signal.SIGKILL)
+    finally:
+        mount.stop()
+
+
+def _killed_shell_agent(mount: Mount, sig: int) -> None:
     mount.seed("a.txt", "a0\n")
     root = staging(mount, "s")
     agent = subprocess.Popen(
@@ -394,7 +406,7 @@ def test_staging_of_a_killed_shell_agent_is_put_away(mount: Mount) -> None:
         assert sorted(os.listdir(root)) == ["a.txt", "sub"]
         assert events(mount, "txn-abandoned") == []
     finally:
-        os.killpg(agent.pid, signal.SIGKILL)   # the shell and its sleep
+        os.killpg(agent.pid, sig)   # the shell and its sleep
         agent.wait()
         agent.stdout.close()
     deadline = time.monotonic() + 30

@@ -93,6 +93,8 @@ class Transactions:
         # user.fencefs.result: the kernel may report a setxattr's EAGAIN as
         # EOPNOTSUPP, and retries it once after ESTALE (see docs/guide.md).
         self.results: dict[str, tuple[int, str]] = {}
+        # staging directories whose owner was found gone: since when (monotonic)
+        self.gone_since: dict[str, float] = {}
         self.backing.makedirs(STAGING)
         self.backing.tree.chmod(STAGING, 0o1777)  # like /tmp: anyone may start one
 
@@ -207,20 +209,23 @@ class Transactions:
 
     # -- abandoned staging directories --------------------------------------------
 
-    def sweep_abandoned(self, owner_alive: Callable[[str, list[tuple[int, int]]], bool]
-                        ) -> list[str]:
+    def sweep_abandoned(self, owner_alive: Callable[[str, list[tuple[int, int]]], bool],
+                        now: float, grace: float) -> list[str]:
         """The upkeep's look at ``.fencefs/txn/``: a staging directory whose
         owner is gone (``owner_alive(identity, anchors)`` says no: none of the
         processes recorded at its mkdir lives, nor any process that read as
-        its identity) and that no handle has open is put away: its staged
+        its identity) for ``grace`` seconds (``--keep-staging-for``; ``now``
+        is monotonic) and that no handle has open is put away: its staged
         files go to ``rejected/`` (reason ``abandoned``), one ``txn-abandoned``
         journal line names them, and the directory is removed. It never
         committed and now never will (G7). Directories made without
         anchors (by an older daemon) or through another host's mount are
         left alone. Returns the roots."""
         swept = []
+        seen = set()
         for name, st in self.backing.tree.listdir(STAGING):
             root = f"{STAGING}/{name}"
+            seen.add(root)
             if st is None or not stat.S_ISDIR(st.st_mode):
                 continue
             try:
@@ -232,9 +237,15 @@ class Transactions:
                 continue   # made through another host's mount: its processes are there
             owner = self._owner(root)
             if owner_alive(owner, anchors) or self._open_under(root):
+                self.gone_since.pop(root, None)
                 continue
+            if now - self.gone_since.setdefault(root, now) < grace:
+                continue
+            del self.gone_since[root]
             self._put_away(root, owner)
             swept.append(root)
+        for root in [r for r in self.gone_since if r not in seen]:
+            del self.gone_since[root]   # committed, or removed by its owner
         return swept
 
     def _open_under(self, root: str) -> bool:

@@ -78,7 +78,8 @@ class Upkeep:
             await self.journaling.flush_namespace()
             if self.etcd is not None:   # transactions decided by a host that died
                 await self.etcd.txns.sweep(time.monotonic())
-            self.txns.sweep_abandoned(self.owner_alive)
+            self.txns.sweep_abandoned(self.owner_alive, time.monotonic(),
+                                      self.history.policy.keep_staging_for)
             self.prune_identities()
             if self.sweep_after is not None:
                 await self.commits.sweep(time.monotonic(), self.sweep_after)

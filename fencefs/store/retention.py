@@ -71,6 +71,7 @@ class Retention:
     journal_segment: int = 0  # 0: journal_max // 8, at least 1 MiB
     keep_snapshots: int = 50  # snapshots, in all (the oldest dropped first)
     keep_snapshots_for: float = 0.0  # age of a snapshot (0: no age bound)
+    keep_staging_for: float = 600.0  # a staging directory whose owner is gone
 
     @property
     def history(self) -> bool:
