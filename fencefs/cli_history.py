@@ -61,6 +61,15 @@ def add_mount_options(m: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-rejected-for", type=_arg(parse_duration),
                    default=d.keep_rejected_for, metavar="AGE",
                    help="drop rejected writes older than AGE (default 7d; 0: no age bound)")
+    g.add_argument("--keep-snapshots", type=_arg(parse_count), default=d.keep_snapshots,
+                   metavar="N", help="snapshots kept; the oldest is dropped first (default 50)")
+    g.add_argument("--keep-snapshots-for", type=_arg(parse_duration),
+                   default=d.keep_snapshots_for, metavar="AGE",
+                   help="drop snapshots older than AGE (default 0: no age bound)")
+    g.add_argument("--keep-staging-for", type=_arg(parse_duration),
+                   default=d.keep_staging_for, metavar="AGE",
+                   help="put away a staging directory (.fencefs/txn/NAME) whose owner has "
+                        "been gone this long (default 10m)")
     g.add_argument("--journal-max", type=_arg(parse_size), default=d.journal_max,
                    metavar="SIZE", help="all journal segments together (default 256M)")
     g.add_argument("--metrics", type=_arg(_address), default=None, metavar="ADDR:PORT",
@@ -72,7 +81,10 @@ def retention_of(args: argparse.Namespace) -> Retention:
     return Retention(keep_versions=args.keep_versions, keep_for=args.keep_for,
                      keep_rejected=args.keep_rejected,
                      keep_rejected_bytes=args.keep_rejected_bytes,
-                     keep_rejected_for=args.keep_rejected_for, journal_max=args.journal_max)
+                     keep_rejected_for=args.keep_rejected_for, journal_max=args.journal_max,
+                     keep_snapshots=args.keep_snapshots,
+                     keep_snapshots_for=args.keep_snapshots_for,
+                     keep_staging_for=args.keep_staging_for)
 
 
 def mount_argv(args: argparse.Namespace) -> list[str]:
@@ -81,7 +93,10 @@ def mount_argv(args: argparse.Namespace) -> list[str]:
             "--keep-rejected", str(args.keep_rejected),
             "--keep-rejected-bytes", str(args.keep_rejected_bytes),
             "--keep-rejected-for", repr(args.keep_rejected_for),
-            "--journal-max", str(args.journal_max)]
+            "--journal-max", str(args.journal_max),
+            "--keep-snapshots", str(args.keep_snapshots),
+            "--keep-snapshots-for", repr(args.keep_snapshots_for),
+            "--keep-staging-for", repr(args.keep_staging_for)]
     if args.metrics is not None:
         host, port = args.metrics
         argv += ["--metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

@@ -123,6 +123,8 @@ _VALUED: dict[str, Any] = {
     "keep_versions": parse_count, "keep_for": parse_duration, "keep_rejected": parse_count,
     "keep_rejected_bytes": parse_size, "keep_rejected_for": parse_duration,
     "journal_max": parse_size, "metrics": parse_address,
+    "keep_snapshots": parse_count, "keep_snapshots_for": parse_duration,
+    "keep_staging_for": parse_duration,
 }
 _FLAGS = ("allow_other", "debug", "no_default_shared_globs")
 # Passed on to the kernel's mount of the FUSE filesystem.

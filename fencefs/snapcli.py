@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from fencefs import client, wire
+from fencefs.history import STATS
 
 
 def add_parser(sub: Any) -> None:
@@ -46,9 +47,11 @@ def add_parser(sub: Any) -> None:
 
 
 def print_summary(mountpoint: str) -> None:
-    """``fencefs status``'s line about snapshots (nothing on an older daemon)."""
+    """``fencefs status``'s lines about snapshots (nothing on an older
+    daemon): a summary with the bound they count against, then one line per
+    snapshot, oldest first (the first to go when the bound is reached)."""
     try:
-        snaps = _list(mountpoint)
+        snaps = sorted(_list(mountpoint), key=lambda s: float(s.get("created", 0)))
     except (OSError, ValueError):
         return
     if not snaps:
@@ -56,7 +59,21 @@ def print_summary(mountpoint: str) -> None:
     names = ", ".join(str(s.get("name")) for s in snaps[:10])
     more = f" and {len(snaps) - 10} more" if len(snaps) > 10 else ""
     files = sum(int(s.get("files", 0)) for s in snaps)
-    print(f"snapshots: {len(snaps)} ({names}{more}; {files} files linked)")
+    bound = ""
+    try:
+        keep = json.loads(os.getxattr(mountpoint, STATS)).get("retention", {})
+        if "keep_snapshots" in keep:
+            age = float(keep.get("keep_snapshots_for") or 0)
+            bound = (f"; at most {keep['keep_snapshots']}"
+                     + (f", for {age / 86400:g}d" if age else "") + ", oldest dropped first")
+    except (OSError, ValueError, AttributeError):
+        pass
+    print(f"snapshots: {len(snaps)} ({names}{more}; {files} files linked{bound})")
+    for s in snaps:
+        made = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(s.get("created", 0))))
+        print(f"  snapshot {str(s.get('name')):24} {made}Z {int(s.get('files', 0)):>8} files "
+              f"{int(s.get('bytes', 0)):>12} bytes at the cut"
+              + (f"  under {s['under']}" if s.get("under") else ""))
 
 
 def _fail(message: str) -> int:

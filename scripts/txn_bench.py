@@ -2,7 +2,7 @@
 """Costs of snapshots and multi-file commits.
 
     .venv/bin/python scripts/txn_bench.py --store 10,1000,100000 [--scratch DIR]
-    .venv/bin/python scripts/txn_bench.py --mount [--rounds N] [--snapshot-files N]
+    .venv/bin/python scripts/txn_bench.py --mount [--rounds N] [--snapshot-files N] [--known N]
 
 --store: the cut itself (``fencefs.store.snapshots.Snapshots.create``, the
 hard links made in one synchronous step) on a backing directory of N files
@@ -17,6 +17,10 @@ with user.fencefs.commit) against three single-file commits in sequence
 (open, write, close, each close a durable commit), interleaved round by
 round in the same run: medians per round and the ratio singles/transaction
 (target >= 0.5: a transaction at least half as fast as three singles).
+With --known N, N of the snapshot's files are first looked up through the
+mount (stat), so the daemon's inode table holds N entries while the rounds
+run: what a commit costs with a large working set known to the kernel;
+--durability none takes the fsyncs out, leaving what the daemon's CPU costs.
 (2) A snapshot of N files (default 100000, written into the backing
 directory before the mount) through the root's snapshot-create attribute:
 wall-clock seconds of the setxattr, and the daemon's VmRSS and VmHWM (peak)
@@ -97,10 +101,12 @@ def store_costs(scratch: Path, counts: list[int]) -> list[dict[str, float]]:
     return rows
 
 
-def start_daemon(backing: Path, mnt: Path) -> subprocess.Popen[bytes]:
+def start_daemon(backing: Path, mnt: Path, durability: str = "full"
+                 ) -> subprocess.Popen[bytes]:
     mnt.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "fencefs.cli", "mount", "--foreground",
-                             str(backing), str(mnt)], cwd=REPO, stdin=subprocess.DEVNULL,
+                             "--durability", durability, str(backing), str(mnt)],
+                            cwd=REPO, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not os.path.ismount(mnt):
@@ -148,12 +154,26 @@ def transaction(mnt: Path, n: int) -> float:
     return time.perf_counter() - start
 
 
-def mount_costs(scratch: Path, rounds: int, snapshot_files: int) -> dict[str, float]:
+def look_up(mnt: Path, count: int) -> int:
+    """stat ``count`` files through the mount: the kernel keeps their entries."""
+    n = 0
+    for d in sorted(p for p in os.listdir(mnt) if p.startswith("d")):
+        for name in sorted(os.listdir(mnt / d)):
+            if n >= count:
+                return n
+            os.stat(mnt / d / name)
+            n += 1
+    return n
+
+
+def mount_costs(scratch: Path, rounds: int, snapshot_files: int,
+                known: int = 0, durability: str = "full") -> dict[str, float]:
     backing, mnt = scratch / "backing", scratch / "mnt"
     populate(backing, snapshot_files)
     os.sync()
-    proc = start_daemon(backing, mnt)
+    proc = start_daemon(backing, mnt, durability)
     try:
+        looked_up = look_up(mnt, known) if known else 0
         for f in ("a", "b", "c"):
             (mnt / f"{f}.txt").write_text("0\n")
         single_t, txn_t = [], []
@@ -171,7 +191,8 @@ def mount_costs(scratch: Path, rounds: int, snapshot_files: int) -> dict[str, fl
         cut_s = next(s["seconds"] for s in listed if s["name"] == "big")
     finally:
         stop_daemon(proc, mnt)
-    return {"rounds": rounds, "three_singles_ms": s_med * 1e3, "txn_3_files_ms": t_med * 1e3,
+    return {"rounds": rounds, "known": looked_up, "three_singles_ms": s_med * 1e3,
+            "txn_3_files_ms": t_med * 1e3,
             "ratio_singles_over_txn": s_med / t_med, "snapshot_files": files,
             "snapshot_setxattr_s": snap_s, "snapshot_cut_s": cut_s,
             "rss_before_mib": rss_before[0], "rss_after_mib": rss_after, "peak_rss_mib": peak}
@@ -185,18 +206,24 @@ def main() -> int:
     p.add_argument("--mount", action="store_true", help="measure on a real mount instead")
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--snapshot-files", type=int, default=100_000)
+    p.add_argument("--known", type=int, default=0,
+                   help="look up this many files through the mount before the rounds")
+    p.add_argument("--durability", default="full", choices=("full", "none"),
+                   help="the daemon's --durability (none: what the CPU costs, without fsync)")
     args = p.parse_args()
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="fencefs-txn-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
     if args.mount:
         try:
-            m = mount_costs(scratch, args.rounds, args.snapshot_files)
+            m = mount_costs(scratch, args.rounds, args.snapshot_files, args.known,
+                            args.durability)
         finally:
             if not args.scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
         print(f"3 single commits: {m['three_singles_ms']:.2f} ms   3-file transaction: "
               f"{m['txn_3_files_ms']:.2f} ms   singles/transaction: "
-              f"{m['ratio_singles_over_txn']:.2f} (target >= 0.5), medians of {args.rounds}")
+              f"{m['ratio_singles_over_txn']:.2f} (target >= 0.5), medians of {args.rounds}, "
+              f"{m['known']:.0f} files looked up first")
         print(f"snapshot of {m['snapshot_files']} files: {m['snapshot_setxattr_s']:.2f} s "
               f"(the cut itself {m['snapshot_cut_s']:.2f} s; target < 10 s); daemon RSS "
               f"{m['rss_before_mib']:.1f} -> {m['rss_after_mib']:.1f} MiB, peak "

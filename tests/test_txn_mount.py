@@ -339,7 +339,9 @@ def test_snapshot_cli(mount: Mount) -> None:
     listed = fencefs_cli("snapshot", "list", mnt)
     assert listed.stdout.startswith("before\t"), listed.stdout
     status = fencefs_cli("status", mnt)
-    assert "snapshots: 1 (before; 1 files linked)" in status.stdout, status.stdout
+    assert "snapshots: 1 (before; 1 files linked; at most 50, oldest dropped first)" \
+        in status.stdout, status.stdout
+    assert "  snapshot before " in status.stdout and " 1 files " in status.stdout
     shown = fencefs_cli("snapshot", "show", mnt, "before")
     assert "plan.md\tversion 1\tepoch 0" in shown.stdout
     again = fencefs_cli("snapshot", "create", mnt, "before")
@@ -366,3 +368,85 @@ def test_snapshot_restore_is_one_fenced_commit(mount: Mount) -> None:
     texts = [Path(mount.path(f)).read_text() for f in ("a.md", "b.md")]
     assert texts == ["a1\n", "b1\n"]
     assert events(mount, "txn-commit")[-1]["files"] == ["a.md", "b.md"]
+
+
+def test_staging_of_a_killed_shell_agent_is_put_away(tmp_path: Path) -> None:
+    """A shell agent stages two files and is SIGKILLed before it commits. While
+    it lives, the upkeep leaves its staging directory alone; once it has been
+    dead for --keep-staging-for (1 s here), the upkeep puts the staged files
+    under rejected/ (reason abandoned), says so in one txn-abandoned journal
+    line, and removes the directory. Nothing was committed."""
+    import signal
+
+    from tests.support.mount import require_fuse
+
+    require_fuse()
+    mount = Mount(tmp_path, "--keep-staging-for", "1s")
+    mount.start()
+    try:
+        _killed_shell_agent(mount, signal.SIGKILL)
+    finally:
+        mount.stop()
+
+
+def _killed_shell_agent(mount: Mount, sig: int) -> None:
+    mount.seed("a.txt", "a0\n")
+    root = staging(mount, "s")
+    agent = subprocess.Popen(
+        ["bash", "-c", f"""cd {mount.mnt}; mkdir {root}; cat a.txt > /dev/null
+            echo a1 > {root}/a.txt; mkdir {root}/sub; echo b1 > {root}/sub/b.txt
+            echo staged; sleep 600"""],
+        env={**os.environ, "FENCEFS_AGENT": "shell"}, stdout=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        assert agent.stdout is not None and agent.stdout.readline() == "staged\n"
+        rejected = len(mount.rejected())
+        mount.wait_upkeep()
+        mount.wait_upkeep()   # two upkeep runs while the owner lives: left alone
+        assert sorted(os.listdir(root)) == ["a.txt", "sub"]
+        assert events(mount, "txn-abandoned") == []
+    finally:
+        os.killpg(agent.pid, sig)   # the shell and its sleep
+        agent.wait()
+        agent.stdout.close()
+    deadline = time.monotonic() + 30
+    while not events(mount, "txn-abandoned"):
+        assert time.monotonic() < deadline, "the killed agent's staging directory stayed"
+        time.sleep(0.05)
+    gone = events(mount, "txn-abandoned")[-1]
+    assert gone["file"] == ".fencefs/txn/s" and gone["identity"] == "agent:shell"
+    assert gone["files"] == ["a.txt", "sub/b.txt"]
+    assert not root.exists()
+    now = mount.rejected()
+    assert len(now) == rejected + 2 and all(".abandoned.agent:shell." in n for n in now[-2:])
+    assert Path(mount.path("a.txt")).read_text() == "a0\n"
+    assert not os.path.exists(mount.path("sub/b.txt"))
+
+
+def test_snapshots_count_against_their_bound(tmp_path: Path) -> None:
+    """--keep-snapshots 2: a third snapshot makes the upkeep drop the oldest
+    (tree and manifest), journaled as one retention line of kind snapshots;
+    status lists the two left, with the bound."""
+    from tests.support.mount import require_fuse
+
+    require_fuse()
+    m = Mount(tmp_path, "--keep-snapshots", "2")
+    m.start()
+    try:
+        m.seed("plan.md", "v1\n")
+        mnt = str(m.mnt)
+        for name in ("s1", "s2", "s3"):
+            assert fencefs_cli("snapshot", "create", mnt, name).returncode == 0
+        deadline = time.monotonic() + 30
+        while not [e for e in events(m, "retention") if e.get("kind") == "snapshots"]:
+            assert time.monotonic() < deadline, "the snapshot bound was never applied"
+            time.sleep(0.05)
+        line = [e for e in events(m, "retention") if e.get("kind") == "snapshots"][-1]
+        assert line["dropped"] == 1 and line["files"] == 1
+        assert sorted(os.listdir(m.mnt / ".fencefs" / "snapshots")) == ["s2", "s3"]
+        status = fencefs_cli("status", mnt).stdout
+        assert "snapshots: 2 (s2, s3; 2 files linked; at most 2, oldest dropped first)" \
+            in status, status
+        assert "  snapshot s1 " not in status and "  snapshot s3 " in status
+    finally:
+        m.stop()

@@ -37,6 +37,8 @@ class Member:
     write). ``exists`` is False when the path was absent then: the member
     creates the file, and conflicts if someone else created it meanwhile.
     ``delete``: the member removes the file instead of writing it.
+    ``content``: the name of its draft (or delete marker), which a
+    distributed store records for roll-forward; one host needs it not.
     """
 
     path: str
@@ -44,6 +46,7 @@ class Member:
     epoch: int
     exists: bool = True
     delete: bool = False
+    content: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,9 +77,11 @@ class Coordination(Protocol):
     async def commit_path(self, path: str, identity: str, pid: int, install: Install,
                           now: float) -> int: ...
     async def reclaim(self, path: str, persist: Callable[[int], None]) -> int: ...
+    async def sync_many(self, paths: Sequence[str]) -> None: ...
     async def commit_many(self, files: Mapping[str, FileState | None],
                           members: Sequence[Member], identity: str,
-                          install_all: Callable[[list[Planned]], None]) -> list[Planned]: ...
+                          install_all: Callable[[list[Planned]], None],
+                          txn: str = "") -> list[Planned]: ...
 
 
 class LocalCoordination:
@@ -135,13 +137,18 @@ class LocalCoordination:
         with atomic():
             return self.core.reclaim(path, persist)
 
+    async def sync_many(self, paths: Sequence[str]) -> None:
+        """Before a multi-file commit: bring this host's view of its members
+        up to date. One host's view is the truth: nothing to do."""
+
     async def commit_many(self, files: Mapping[str, FileState | None],
                           members: Sequence[Member], identity: str,
-                          install_all: Callable[[list[Planned]], None]) -> list[Planned]:
+                          install_all: Callable[[list[Planned]], None],
+                          txn: str = "") -> list[Planned]:
         """A multi-file commit: every member's guard, then one install of
         all (``fencefs.core.transaction.commit_many``), in one step. Across
         hosts this is one etcd transaction: a compare of epoch and version
-        per member, a put per member on success (docs/multihost.md)."""
+        per member, a put per member on success (fencefs/etcd/txns.py)."""
         with atomic():
             return commit_many(files, members, identity, install_all,
                                self.core.adopt, self.core.removed)

@@ -243,5 +243,8 @@ class History:
             "keep_rejected": self.policy.keep_rejected,
             "keep_rejected_bytes": self.policy.keep_rejected_bytes,
             "keep_rejected_for": self.policy.keep_rejected_for,
-            "journal_max": self.policy.journal_max, "history_scanned": self.scanned}
+            "journal_max": self.policy.journal_max,
+            "keep_snapshots": self.policy.keep_snapshots,
+            "keep_snapshots_for": self.policy.keep_snapshots_for,
+            "history_scanned": self.scanned}
         return json.dumps(snap, separators=(",", ":")).encode()

@@ -37,7 +37,7 @@ from collections.abc import Callable
 import trio
 
 from fencefs.core import Caller, FileState, Persisted
-from fencefs.core.errors import BadValue
+from fencefs.core.errors import BadValue, FenceError
 from fencefs.core.model import SHARED
 from fencefs.core.transaction import Member, Planned, TxnRefused, check_members
 from fencefs.engine.coordination import Coordination
@@ -54,6 +54,9 @@ log = logging.getLogger("fencefs.engine")
 Rests = dict[str, tuple[int, int] | None]
 
 OWNER_XATTR = "user.fencefs.txn-owner"
+# The owner's processes at mkdir, [[pid, start time], ...] (fuse/identity.py
+# anchors_of): once none of them lives, the upkeep puts the staged files away.
+ANCHORS_XATTR = "user.fencefs.txn-anchors"
 
 
 def staging_name(rel: str) -> str | None:
@@ -90,16 +93,23 @@ class Transactions:
         # user.fencefs.result: the kernel may report a setxattr's EAGAIN as
         # EOPNOTSUPP, and retries it once after ESTALE (see docs/guide.md).
         self.results: dict[str, tuple[int, str]] = {}
+        # staging directories whose owner was found gone: since when (monotonic)
+        self.gone_since: dict[str, float] = {}
         self.backing.makedirs(STAGING)
         self.backing.tree.chmod(STAGING, 0o1777)  # like /tmp: anyone may start one
 
     # -- staging ---------------------------------------------------------------
 
-    def begin(self, rel: str, caller: Caller) -> None:
-        """``mkdir .fencefs/txn/NAME``: the caller's identity owns it."""
+    def begin(self, rel: str, caller: Caller,
+              anchors: list[tuple[int, int]] | None = None) -> None:
+        """``mkdir .fencefs/txn/NAME``: the caller's identity owns it; its
+        process and that one's parent (``anchors``) are what keeps it alive."""
         if "/" in rel[len(STAGING) + 1:]:
             return  # a subdirectory of a staging directory
         self.backing.tree.setxattr(rel, OWNER_XATTR, caller.identity.encode())
+        if anchors:   # with the host (--etcd: the backing is shared; pids are not)
+            self.backing.tree.setxattr(rel, ANCHORS_XATTR, json.dumps(
+                {"host": self.drafts.prefix, "anchors": anchors}).encode())
         self.poisoned.discard(rel)
 
     def killed(self, rel: str) -> None:
@@ -197,6 +207,87 @@ class Transactions:
                 raise BadValue(f"cannot create {target!r}: {'/'.join(parts[:n])!r} "
                                f"is not a directory")
 
+    # -- abandoned staging directories --------------------------------------------
+
+    def sweep_abandoned(self, owner_alive: Callable[[str, list[tuple[int, int]]], bool],
+                        now: float, grace: float) -> list[str]:
+        """The upkeep's look at ``.fencefs/txn/``: a staging directory whose
+        owner is gone (``owner_alive(identity, anchors)`` says no: none of the
+        processes recorded at its mkdir lives, nor any process that read as
+        its identity) for ``grace`` seconds (``--keep-staging-for``; ``now``
+        is monotonic) and that no handle has open is put away: its staged
+        files go to ``rejected/`` (reason ``abandoned``), one ``txn-abandoned``
+        journal line names them, and the directory is removed. It never
+        committed and now never will (G7). Directories made without
+        anchors (by an older daemon) or through another host's mount are
+        left alone. Returns the roots."""
+        swept = []
+        seen = set()
+        for name, st in self.backing.tree.listdir(STAGING):
+            root = f"{STAGING}/{name}"
+            seen.add(root)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                continue
+            try:
+                made = json.loads(self.backing.tree.getxattr(root, ANCHORS_XATTR))
+                anchors = [(int(p), int(t)) for p, t in made["anchors"]]
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            if made.get("host") != self.drafts.prefix:
+                continue   # made through another host's mount: its processes are there
+            owner = self._owner(root)
+            if owner_alive(owner, anchors) or self._open_under(root):
+                self.gone_since.pop(root, None)
+                continue
+            if now - self.gone_since.setdefault(root, now) < grace:
+                continue
+            del self.gone_since[root]
+            self._put_away(root, owner)
+            swept.append(root)
+        for root in [r for r in self.gone_since if r not in seen]:
+            del self.gone_since[root]   # committed, or removed by its owner
+        return swept
+
+    def _open_under(self, root: str) -> bool:
+        return any(h.path.startswith(root + "/") for h in self.handles.handles.values())
+
+    def _put_away(self, root: str, owner: str) -> None:
+        tree = self.backing.tree
+        files: list[str] = []
+        rejected: list[str] = []
+
+        def walk(rel: str, sub: str) -> None:
+            for name, st in tree.listdir(rel):
+                path, target = f"{rel}/{name}", f"{sub}/{name}" if sub else name
+                mode = st.st_mode if st is not None else 0
+                if stat.S_ISDIR(mode):
+                    walk(path, target)
+                    tree.rmdir(path)
+                    continue
+                if stat.S_ISREG(mode) and name not in (DELETE_LIST, RESTS_LIST):
+                    # by descriptor into drafts/ (no symlink followed), then away
+                    moved = os.path.join(self.drafts.dir,
+                                         f"{self.drafts.prefix}{os.getpid()}-gone-{new_id()}")
+                    with tree.parent(path) as (dir_fd, leaf):
+                        os.rename(leaf, moved, src_dir_fd=dir_fd)
+                    files.append(target)
+                    rejected.append(self.drafts.put_away(moved, target, owner or "?",
+                                                         "abandoned"))
+                else:
+                    tree.unlink(path)
+                self.coord.removed(path)
+                self.files.fingerprints.pop(path, None)
+
+        try:
+            walk(root, "")
+            tree.rmdir(root)
+        except OSError as e:   # something new appeared meanwhile: the next sweep
+            log.warning("could not put away the staging directory %s: %s", root, e)
+        self.poisoned.discard(root)
+        self.results.pop(root, None)
+        self.journaling.record("txn-abandoned", root, identity=owner, files=sorted(files),
+                               rejected=rejected, reason="owner-gone")
+
     # -- the commit --------------------------------------------------------------
 
     def result(self, root: str) -> bytes:
@@ -220,8 +311,8 @@ class Transactions:
             moved = ",".join(e.paths)
             self.results[root] = (e.errno, f"{e.reason} moved={moved}")
             raise
-        except (OSError, BadValue) as e:
-            code = e.errno if isinstance(e, OSError) and e.errno else errno.EINVAL
+        except (OSError, BadValue, FenceError) as e:
+            code = e.errno if isinstance(e, (OSError, FenceError)) and e.errno else errno.EINVAL
             self.results[root] = (code, str(e).replace("\n", " "))
             raise
         self.results[root] = (0, "committed files=" + ",".join(files))
@@ -258,8 +349,13 @@ class Transactions:
             self._empty(root)
             raise OSError(errno.ECANCELED, "a writer of this transaction was killed")
         try:
+            await self.coord.sync_many([i.target for i in items])  # across hosts: etcd's view
             await self._prepare(items)
             self.journaling.room()
+        except FenceError as e:   # etcd unreachable
+            self._reject(items, caller, e.reason, txn)
+            self._empty(root)
+            raise
         except OSError:
             self._reject(items, caller, "failed", txn)
             self._empty(root)
@@ -278,9 +374,13 @@ class Transactions:
         try:
             planned = await self.coord.commit_many(
                 states, members, caller.identity,
-                lambda plan: self._install(txn, caller, items, states, plan))
+                lambda plan: self._install(txn, caller, items, states, plan), txn=txn)
         except TxnRefused as e:
             self._reject(items, caller, e.reason, txn, refused=e.paths)
+            self._empty(root)
+            raise
+        except FenceError as e:   # across hosts: etcd could not decide (EHOSTUNREACH)
+            self._reject(items, caller, e.reason, txn)
             self._empty(root)
             raise
         except OSError:
@@ -346,20 +446,25 @@ class Transactions:
 
     def _member(self, item: Item, file: FileState | None, identity: str,
                 rests: Rests) -> Member:
+        name = item.draft.name  # recorded across hosts, for roll-forward
         if item.target in rests:  # the stager said what it read
             said = rests[item.target]
             if said is not None:
-                return Member(item.target, said[0], said[1], delete=item.delete)
+                return Member(item.target, said[0], said[1], delete=item.delete, content=name)
             if file is not None:  # read as missing, exists now: conflicts
-                return Member(item.target, -1, file.epoch, exists=False, delete=item.delete)
+                return Member(item.target, -1, file.epoch, exists=False, delete=item.delete,
+                              content=name)
         if file is None:
             tomb = self.files.tombstones.get(item.target)
             version, epoch = (tomb[0], tomb[1]) if tomb is not None else (0, 0)
-            return Member(item.target, version, epoch, exists=False, delete=item.delete)
+            return Member(item.target, version, epoch, exists=False, delete=item.delete,
+                          content=name)
         seen = file.readers.get(identity)
         if seen is not None:  # what the identity read
-            return Member(item.target, seen.version, seen.epoch, delete=item.delete)
-        return Member(item.target, file.version, file.epoch, delete=item.delete)  # blind
+            return Member(item.target, seen.version, seen.epoch, delete=item.delete,
+                          content=name)
+        return Member(item.target, file.version, file.epoch, delete=item.delete,
+                      content=name)  # blind
 
     def _install(self, txn: str, caller: Caller, items: list[Item],
                  states: dict[str, FileState | None], plan: list[Planned]) -> None:

@@ -97,6 +97,11 @@ def read_ops(layout: Layout, path: str) -> list[Op]:
             Get(layout.held(path)), Get(layout.policy(path))]
 
 
+def slice_of(results: list[list[KV]], n: int) -> list[list[KV]]:
+    """The results of the ``n``-th path's ``read_ops`` in a batch of them."""
+    return results[READ_OPS * n:READ_OPS * (n + 1)]
+
+
 def view_from(path: str, results: list[list[KV]], revision: int) -> View:
     f, e, x, xh, p = (results + [[]] * READ_OPS)[:READ_OPS]
     record = Record.from_bytes(f[0].value) if f else None

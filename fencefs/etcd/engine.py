@@ -48,6 +48,7 @@ from fencefs.etcd.journals import Revisions
 from fencefs.etcd.keys import ClaimRecord, Holder, Layout, Marker, Record
 from fencefs.etcd.patience import patiently
 from fencefs.etcd.reads import Reads
+from fencefs.etcd.txns import HostTxns, is_txn_draft
 from fencefs.store.drafts import Drafts
 
 log = logging.getLogger("fencefs.etcd")
@@ -156,6 +157,8 @@ class EtcdCoordination(LocalCoordination):
         self.board = hs.Board()
         self._published: dict[int, tuple[bytes, float, int]] = {}
         self.revs = Revisions()
+        # multi-file commits and their roll-forward (fencefs/etcd/txns.py)
+        self.txns = HostTxns(self, ROLL_GRACE)
 
     # -- life ----------------------------------------------------------------
 
@@ -270,6 +273,10 @@ class EtcdCoordination(LocalCoordination):
         let a reader be served old content under the new version: a lost
         update (specs/MultiHost.tla, mutant NoRollForward)."""
         rec = view.record
+        if self.txns.pending_member(rec, view.path):
+            assert rec is not None
+            await self.txns.roll(rec.txn)   # the whole transaction, not one file
+            return
         if rec is None or not rec.content:
             return
         name = rec.content
@@ -469,14 +476,15 @@ class EtcdCoordination(LocalCoordination):
                 file.epoch = epoch
         return epoch
 
+    async def sync_many(self, paths: Sequence[str]) -> None:
+        await self.txns.sync(paths)
+
     async def commit_many(self, files: Mapping[str, FileState | None],
                           members: Sequence[Member], identity: str,
-                          install_all: Callable[[list[Planned]], None]) -> list[Planned]:
-        """Multi-file transactions are not decided by etcd yet: refused with
-        ``EOPNOTSUPP`` before anything is installed (the engine keeps the
-        drafts under ``rejected/``; docs/multihost.md, Limits)."""
-        raise OSError(errno.EOPNOTSUPP, "multi-file transactions are not supported across "
-                      "hosts (--etcd) yet: nothing was committed")
+                          install_all: Callable[[list[Planned]], None],
+                          txn: str = "") -> list[Planned]:
+        """One etcd transaction for every member (fencefs/etcd/txns.py)."""
+        return await self.txns.commit_many(files, members, identity, install_all, txn)
 
     # -- across hosts: published claims, policies (etcd/hosts.py) ---------------
 
@@ -555,8 +563,13 @@ class EtcdCoordination(LocalCoordination):
         """This host's drafts orphaned by its previous life (see ``recover``);
         those put away are journaled as ``abandoned``, and what history kept
         for their commit is dropped (``unkeep``)."""
-        def orphans() -> list[tuple[str, str]]:   # afresh at each try
-            return [(path, str(meta.get("path", "?"))) for path, meta in drafts.orphans()]
+        async def recover_all() -> int:   # the drafts afresh at each try
+            found = drafts.orphans()
+            count = await self.txns.recover([(p, m) for p, m in found if is_txn_draft(m)],
+                                            put_away)
+            return count + await self.recover(
+                [(p, str(m.get("path", "?"))) for p, m in found if not is_txn_draft(m)],
+                put_away)
 
         def put_away(draft: str, target: str) -> None:
             name = drafts.put_away(draft, target, "?", "abandoned")
@@ -568,13 +581,12 @@ class EtcdCoordination(LocalCoordination):
             async with self.settings.client() as client:
                 self.client = client
                 try:
-                    count = await patiently("recovering this host's drafts",
-                                            lambda: self.recover(orphans(), put_away),
+                    count = await patiently("recovering this host's drafts", recover_all,
                                             self.settings.start_timeout)
                 finally:
                     self.client = None
         else:
-            count = await self.recover(orphans(), put_away)
+            count = await recover_all()
         if count:
             journaling.journal.sync()
         return count

@@ -4,8 +4,9 @@ Everything lives under ``/<cluster>/`` (``--cluster``, default ``fencefs``);
 ``PATH`` is a file's path relative to the backing directory:
 
 - ``/<cluster>/backing``: the backing marker ``{"cluster", "id"}``.
-- ``/<cluster>/f/PATH``: the file record ``{v, e, p, c, h, i}`` (version,
-  epoch at commit, policy, content id, host, identity). Its
+- ``/<cluster>/f/PATH``: the file record ``{v, e, p, c, h, i[, t]}`` (version,
+  epoch at commit, policy, content id, host, identity, and the transaction
+  of a multi-file commit). Its
   ``mod_revision`` is the fencing token of the version guard.
 - ``/<cluster>/e/PATH``: the file's epoch, decimal; absent means 0.
 - ``/<cluster>/x/PATH``: the exclusive holder ``{h, i, id}``, bound to the
@@ -21,6 +22,11 @@ Everything lives under ``/<cluster>/`` (``--cluster``, default ``fencefs``);
 - ``/<cluster>/p/PATH``: a policy set with ``user.fencefs.policy``
   ``{p, ino}`` (p: the policy, "" for none; ino: the file's inode then).
 - ``/<cluster>/h/HOST``: a live host ``{mount, pid}``, bound to its lease.
+- ``/<cluster>/t/TXN``: a multi-file commit's intent ``{h, i, m}`` (host,
+  identity, members: file, draft, version, epoch, delete), put by the same
+  etcd transaction that decides it and deleted once every member is
+  installed; or ``{"aborted": ...}``, put by a host that gave the
+  transaction up, so that it can never apply late (``fencefs/etcd/txns.py``).
 
 File names cannot contain NUL, so ``PATH\\0`` is a prefix that covers the
 claims of one file and no other file's.
@@ -91,6 +97,12 @@ class Layout:
     def policies(self) -> bytes:
         return self.root + b"p/"
 
+    def intents(self) -> bytes:
+        return self.root + b"t/"
+
+    def intent(self, txn: str) -> bytes:
+        return self.intents() + txn.encode()
+
     def hosts(self) -> bytes:
         return self.root + b"h/"
 
@@ -125,12 +137,15 @@ class Record:
     content: str = ""       # the content id: the draft's name on the shared backing
     host: str = ""
     identity: str = ""
+    txn: str = ""           # a multi-file commit's id: its intent is t/TXN
 
     def to_bytes(self) -> bytes:
         d: dict[str, Any] = {"v": self.version, "e": self.epoch, "c": self.content,
                              "h": self.host, "i": self.identity}
         if self.policy is not None:
             d["p"] = self.policy
+        if self.txn:
+            d["t"] = self.txn
         return _dump(d)
 
     @classmethod
@@ -141,7 +156,8 @@ class Record:
             raise ValueError(f"not a file record: {raw[:80]!r}")
         policy = d.get("p")
         return cls(d["v"], d["e"], policy if isinstance(policy, str) else None,
-                   str(d.get("c", "")), str(d.get("h", "")), str(d.get("i", "")))
+                   str(d.get("c", "")), str(d.get("h", "")), str(d.get("i", "")),
+                   str(d.get("t", "")))
 
 
 @dataclass(frozen=True)

@@ -89,9 +89,8 @@ class Reads:
                 ops.extend(co.read_ops(self.layout, p))
             self.sent += 1
             res = await self.client.txn([], ops)
-            n = co.READ_OPS
             for i, p in enumerate(batch.paths):
-                batch.views[p] = co.view_from(p, res.results[n * i:n * i + n], res.revision)
+                batch.views[p] = co.view_from(p, co.slice_of(res.results, i), res.revision)
         except Exception as e:
             batch.error = e
         except BaseException:

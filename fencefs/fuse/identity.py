@@ -75,6 +75,38 @@ def incarnation_of(tid: int) -> tuple[int, int] | None:
         return None
 
 
+def anchors_of(pid: int) -> list[tuple[int, int]]:
+    """A process and its parent, each as (pid, start time): what makes a
+    staging directory's owner alive (a shell's ``mkdir`` is a child of the
+    shell). Start times tell a live process from a later one with its id."""
+    out = []
+    stat = _read(f"/proc/{pid}/stat")
+    if stat:
+        try:
+            fields = stat[stat.rfind(b")") + 2:].split()
+            out.append((pid, int(fields[22 - 3])))
+            parent = int(fields[4 - 3])
+            if parent > 1:
+                pstat = _read(f"/proc/{parent}/stat")
+                if pstat:
+                    out.append((parent, int(pstat[pstat.rfind(b")") + 2:].split()[22 - 3])))
+        except (IndexError, ValueError):
+            pass
+    return out
+
+
+def anchor_alive(anchor: tuple[int, int]) -> bool:
+    """Is the process of ``anchors_of`` still the one that was recorded?"""
+    stat = _read(f"/proc/{anchor[0]}/stat")
+    if not stat:
+        return False
+    try:
+        fields = stat[stat.rfind(b")") + 2:].split()
+        return int(fields[22 - 3]) == anchor[1] and fields[0] != b"Z"
+    except (IndexError, ValueError):
+        return False
+
+
 def session_of(tid: int) -> int | None:
     stat = _read(f"/proc/{tid}/stat")
     if not stat:

@@ -32,6 +32,9 @@ class InodeTable:
         self._next = itertools.count(ROOT + 1)
         self._by_ino: dict[int, Node] = {ROOT: Node(ROOT, ROOT, "", 1)}
         self._by_key: dict[tuple[int, str], Node] = {}
+        # the attached children of each directory node: paths_under walks
+        # down from one node instead of scanning every inode
+        self._children: dict[int, dict[str, Node]] = {}
 
     def __len__(self) -> int:
         return len(self._by_ino)
@@ -90,8 +93,21 @@ class InodeTable:
         if node is None:
             node = Node(next(self._next), parent, name)
             self._by_ino[node.ino] = node
-            self._by_key[(parent, name)] = node
+            self._attach(node)
         node.nlookup += 1
+        return node
+
+    def _attach(self, node: Node) -> None:
+        self._by_key[(node.parent, node.name)] = node
+        self._children.setdefault(node.parent, {})[node.name] = node
+
+    def _detach(self, parent: int, name: str) -> Node | None:
+        node = self._by_key.pop((parent, name), None)
+        kids = self._children.get(parent)
+        if kids is not None:
+            kids.pop(name, None)
+            if not kids:
+                del self._children[parent]
         return node
 
     def forget(self, ino: int, count: int) -> str | None:
@@ -108,32 +124,35 @@ class InodeTable:
             path = self.path(ino)  # (a detached directory above would raise ESTALE)
         del self._by_ino[ino]
         if attached:
-            del self._by_key[(node.parent, node.name)]
+            self._detach(node.parent, node.name)
         return path
 
     def paths_under(self, root: str) -> list[str]:
-        """Known, attached paths below ``root``, deepest first."""
+        """Known, attached paths below ``root``, deepest first: a walk down
+        the children index from ``root``'s node (its cost is the size of
+        that subtree, not of the table)."""
+        top = self.ino_of(root)
+        if top is None:
+            return []
         found = []
-        for ino in list(self._by_ino):
-            if self.detached(ino):
-                continue
-            try:
-                path = self.path(ino)
-            except Exception:  # noqa: BLE001 - a node whose parent went away
-                continue
-            if path.startswith(root + "/"):
-                found.append(path)
+        stack = [(top, root)]
+        while stack:
+            ino, path = stack.pop()
+            for name, node in self._children.get(ino, {}).items():
+                child = f"{path}/{name}" if path else name
+                found.append(child)
+                stack.append((node.ino, child))
         return sorted(found, key=lambda p: -p.count("/"))
 
     def unlinked(self, parent: int, name: str) -> None:
         """The entry is gone; a still-known node keeps its number, detached."""
-        node = self._by_key.pop((parent, name), None)
+        node = self._detach(parent, name)
         if node is not None:
             node.name = f"{name}{DETACHED}{node.ino}"
 
     def moved(self, parent: int, name: str, new_parent: int, new_name: str) -> None:
         self.unlinked(new_parent, new_name)
-        node = self._by_key.pop((parent, name), None)
+        node = self._detach(parent, name)
         if node is not None:
             node.parent, node.name = new_parent, new_name
-            self._by_key[(new_parent, new_name)] = node
+            self._attach(node)

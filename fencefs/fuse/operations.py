@@ -42,6 +42,7 @@ from fencefs.fuse.directories import Directories
 from fencefs.fuse.hosts import Hosts
 from fencefs.fuse.identity import (
     IdentityResolver,
+    anchors_of,
     dying_by_signal,
     holds_for_writing,
     signal_pending,
@@ -465,7 +466,8 @@ class FenceOperations(pyfuse3.Operations):
         self._own(rel, ctx, wanted)
         self.journaling.namespace_changed(paths.parent_of(rel))
         if paths.is_txn_dir(rel):  # a transaction's staging directory: whose it is
-            self.txns.begin(rel, self.ids.resolve(ctx.pid))
+            caller = self.ids.resolve(ctx.pid)
+            self.txns.begin(rel, caller, anchors_of(caller.pid))
         node = self.inodes.remember(parent_inode, os.fsdecode(name))
         return self.kernel.attrs(node.ino, self._lstat(rel))
 

@@ -21,9 +21,10 @@ from fencefs.engine.readers import Readers
 from fencefs.engine.txns import Transactions
 from fencefs.etcd.engine import EtcdCoordination
 from fencefs.fuse.hosts import Hosts
-from fencefs.fuse.identity import alive
+from fencefs.fuse.identity import alive, anchor_alive
 from fencefs.store.backing import META_DIR
 from fencefs.store.drafts import Drafts
+from fencefs.store.retention import Dropped
 from fencefs.store.snapshots import Snapshots
 
 
@@ -43,12 +44,14 @@ class Upkeep:
         self.etcd = etcd
         self.sweep_after = sweep_after
         self.hosts: Hosts | None = None
+        if etcd is not None:   # a host that rolls another's transaction forward journals it
+            etcd.txns.record = journaling.record
 
     def recover(self) -> int:
         """Roll interrupted transactions forward or back, drop half-made
         snapshots, then put drafts orphaned by a crash away as abandoned.
         Across hosts: later, by ``recover_across_hosts``, which asks etcd
-        first; transactions are refused there (none to roll), and a half-made
+        first (a transaction is rolled forward if etcd decided it), and a half-made
         snapshot on the shared backing may be another host's, still building."""
         # What a mount makes in .fencefs/ (the journal, drafts/, trash/...)
         # reaches the disk with the first durable step, before any reply
@@ -78,15 +81,44 @@ class Upkeep:
             with trio.move_on_at(tick):  # or earlier, when a file's history is full
                 await self.history.wanted.wait()
             await self.history.sweep(time.time())
+            await self.sweep_snapshots(time.time())
             if trio.current_time() < tick:
                 continue
             tick = trio.current_time() + interval
             await self.journaling.flush_namespace()
+            if self.etcd is not None:   # transactions decided by a host that died
+                await self.etcd.txns.sweep(time.monotonic())
+            self.txns.sweep_abandoned(self.owner_alive, time.monotonic(),
+                                      self.history.policy.keep_staging_for)
             self.prune_identities()
             if self.sweep_after is not None:
                 await self.commits.sweep(time.monotonic(), self.sweep_after)
             if self.hosts is not None:  # claims, policies and dead hosts (fuse/hosts.py)
                 await self.hosts.tick(time.monotonic(), self.sweep_after)
+
+    async def sweep_snapshots(self, now: float) -> Dropped:
+        """The snapshot bounds (``--keep-snapshots``, ``--keep-snapshots-for``):
+        the oldest snapshots past them are deleted (on a worker thread: a big
+        tree takes a while), journaled as one ``retention`` line."""
+        policy = self.history.policy
+        dropped = Dropped("snapshots")
+        for info in self.snapshots.over_bounds(policy.keep_snapshots,
+                                               policy.keep_snapshots_for, now):
+            try:
+                await trio.to_thread.run_sync(self.snapshots.delete, info.name)
+            except FileNotFoundError:
+                continue   # deleted meanwhile (by a person, or another host)
+            dropped.add(info.bytes, info.name)
+        if dropped.count:
+            self.history._journal_drop(dropped, "sweep")
+            self.history.flush_drops(force=True)
+        return dropped
+
+    def owner_alive(self, identity: str, anchors: list[tuple[int, int]]) -> bool:
+        """A staging directory's owner lives while a process recorded at its
+        mkdir does, or a process that read as its identity."""
+        return (any(anchor_alive(a) for a in anchors)
+                or any(alive(pid) for pid in self.readers.identity_pids.get(identity, ())))
 
     def prune_identities(self) -> int:
         dropped = 0

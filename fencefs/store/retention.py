@@ -69,6 +69,9 @@ class Retention:
     keep_rejected_for: float = 7 * 86400.0
     journal_max: int = 256 << 20  # all journal segments together
     journal_segment: int = 0  # 0: journal_max // 8, at least 1 MiB
+    keep_snapshots: int = 50  # snapshots, in all (the oldest dropped first)
+    keep_snapshots_for: float = 0.0  # age of a snapshot (0: no age bound)
+    keep_staging_for: float = 600.0  # a staging directory whose owner is gone
 
     @property
     def history(self) -> bool:
@@ -85,7 +88,7 @@ class Retention:
 class Dropped:
     """What one sweep removed, journaled as one line."""
 
-    kind: str  # versions, rejected, journal
+    kind: str  # versions, rejected, journal, snapshots
     count: int = 0
     bytes: int = 0
     files: set[str] = field(default_factory=set)

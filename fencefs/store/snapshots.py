@@ -19,6 +19,7 @@ the snapshot's links too; contents and versions never do.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import json
 import os
@@ -273,6 +274,14 @@ class Snapshots:
         except FileNotFoundError:
             pass
         shutil.rmtree(self.path(name), ignore_errors=True)
+
+    def over_bounds(self, keep: int, keep_for: float, now: float) -> builtins.list[SnapshotInfo]:
+        """The snapshots the retention bounds drop: past the newest ``keep``,
+        and (``keep_for`` > 0) those created more than ``keep_for`` ago."""
+        snaps = sorted(self.list(), key=lambda s: (s.created, s.name))
+        extra = max(0, len(snaps) - keep)
+        return [s for n, s in enumerate(snaps)
+                if n < extra or (keep_for > 0 and s.created < now - keep_for)]
 
     def recover(self) -> int:
         """Delete half-built snapshots (``.tmp-`` trees, trees without a

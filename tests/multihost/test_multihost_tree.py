@@ -1,22 +1,17 @@
 """Across hosts, what came with the merge of main: the roll-forward renames
 through the backing's descriptor tree (no symlink followed out of the backing
-directory), and multi-file transactions are refused under --etcd with
-EOPNOTSUPP (docs/multihost.md, Limits).
+directory). (Multi-file transactions across hosts: test_multihost_txn.py.)
 
 Which test catches which break (tried by hand): renaming with
 ``os.rename(draft, os.path.join(root, target))`` in ``EtcdCoordination._install``
 fails ``test_roll_forward_never_follows_a_symlink_out``; dropping the name
-check in ``_draft_there`` fails ``test_record_content_is_a_name_not_a_path``;
-``commit_many`` falling through to the local decision fails
-``test_transaction_refused_across_hosts``.
+check in ``_draft_there`` fails ``test_record_content_is_a_name_not_a_path``.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,28 +74,3 @@ def test_record_content_is_a_name_not_a_path(tmp_path: Path) -> None:
             coord._install(bad, "y")
     assert (root / "victim").read_text() == "mine\n"
     assert not (root / "y").exists()
-
-
-def test_transaction_refused_across_hosts(hosts: HostsFactory) -> None:
-    a, _b = hosts()
-    a.seed("plan.md", "plan 0\n")
-    stage = a.mnt / ".fencefs" / "txn" / "t1"
-    env = {**os.environ, "FENCEFS_AGENT": "a"}
-    subprocess.run(["bash", "-c", f"""cd {a.mnt}; mkdir .fencefs/txn/t1; cat plan.md >/dev/null
-                    echo 'plan 1' > .fencefs/txn/t1/plan.md"""], env=env, check=True)
-    rejected_before = len(a.rejected())
-    code = ("import os, sys\ntry:\n    os.setxattr(sys.argv[1], 'user.fencefs.commit', b'1')\n"
-            "except OSError as e:\n    print(e.errno)\nelse:\n    print(0)")
-    proc = subprocess.run([sys.executable, "-c", code, str(stage)], env=env,
-                          capture_output=True, text=True, check=True)
-    assert int(proc.stdout) == errno.EOPNOTSUPP   # by the owner (agent a)
-    answer = os.getxattr(stage, "user.fencefs.result").decode()
-    # errno 95 is EOPNOTSUPP and ENOTSUP on Linux; errno.errorcode names it ENOTSUP
-    assert answer.startswith("ENOTSUP [Errno 95] multi-file transactions are not supported "
-                             "across hosts (--etcd)"), answer
-    assert Path(a.path("plan.md")).read_text() == "plan 0\n"
-    assert int(os.getxattr(a.path("plan.md"), "user.fencefs.version")) == 1
-    assert os.listdir(stage) == []
-    assert len(a.rejected()) == rejected_before + 1   # the staged bytes are kept
-    refused = [ev for ev in a.journal() if ev["event"] == "txn-refused"]
-    assert refused and refused[-1]["files"] == ["plan.md"]

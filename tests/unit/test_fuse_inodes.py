@@ -87,3 +87,72 @@ def test_moving_onto_itself_of_an_unknown_name_changes_nothing() -> None:
     a = t.remember(ROOT, "a")
     t.moved(ROOT, "ghost", ROOT, "other")
     assert t.path(a.ino) == "a"
+
+
+def scanned_paths_under(table: InodeTable, root: str) -> list[str]:
+    """The reference: every known node's path, scanned (what paths_under
+    did before it had the children index)."""
+    found = []
+    for ino in list(table._by_ino):
+        if table.detached(ino):
+            continue
+        try:
+            path = table.path(ino)
+        except Exception:  # noqa: BLE001 - detached, or a parent forgotten first
+            continue
+        if path and path.startswith(root + "/" if root else ""):
+            found.append(path)
+    return sorted(found)
+
+
+def test_paths_under_walks_only_the_subtree() -> None:
+    t = InodeTable()
+    txn = t.remember(t.remember(t.remember(ROOT, ".fencefs").ino, "txn").ino, "t1")
+    sub = t.remember(txn.ino, "dir")
+    t.remember(sub.ino, "a.md")
+    t.remember(txn.ino, "b.md")
+    t.remember(t.remember(ROOT, "t1").ino, "outside.md")
+    under = t.paths_under(".fencefs/txn/t1")
+    assert under[0] == ".fencefs/txn/t1/dir/a.md"   # deepest first
+    assert sorted(under[1:]) == [".fencefs/txn/t1/b.md", ".fencefs/txn/t1/dir"]
+    t.unlinked(txn.ino, "b.md")
+    t.moved(txn.ino, "dir", ROOT, "moved")
+    assert t.paths_under(".fencefs/txn/t1") == []
+    assert t.paths_under("moved") == ["moved/a.md"]
+    assert t.paths_under("nowhere") == []
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_paths_under_agrees_with_a_scan(seed: int) -> None:
+    """Random lookups, forgets, unlinks and renames: the index gives what a
+    scan of every node gives."""
+    import random
+
+    rnd = random.Random(seed)
+    t = InodeTable()
+    names = ["a", "b", "c"]
+    for _ in range(300):
+        dirs = [ROOT] + [n.ino for n in list(t._by_ino.values()) if n.ino != ROOT]
+        op = rnd.random()
+        parent = rnd.choice(dirs)
+        if t.detached(parent):
+            continue
+        if op < 0.5:
+            t.remember(parent, rnd.choice(names))
+        elif op < 0.65:
+            node = t._by_ino.get(rnd.choice(dirs))
+            kids = [n for n in t._by_ino.values() if n.parent == getattr(node, "ino", 0)]
+            if node is not None and node.ino != ROOT and not kids:  # the kernel forgets
+                t.forget(node.ino, node.nlookup)                      # children first
+        elif op < 0.8:
+            t.unlinked(parent, rnd.choice(names))
+        else:
+            other = rnd.choice([ROOT, parent])   # never into its own subtree
+            if not t.detached(other):
+                t.moved(parent, rnd.choice(names), other, rnd.choice(names))
+        for ino in [ROOT] + [n.ino for n in list(t._by_ino.values())][:5]:
+            try:
+                root = t.path(ino)
+            except pyfuse3.FUSEError:
+                continue
+            assert sorted(t.paths_under(root)) == scanned_paths_under(t, root)
