@@ -35,7 +35,7 @@ from typing import Any
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -53,6 +53,9 @@ from tests.support.explore import examples
 from tests.support.mount import Mount, require_fuse
 from tests.support.trace import check_trace
 
+# FENCEFS_MODEL_NO_SHRINK=1: report the first failure as found (mutant runs).
+PHASES = tuple(p for p in Phase if p is not Phase.shrink or
+               not os.environ.get("FENCEFS_MODEL_NO_SHRINK"))
 FILES = ("a.md", "b.json")
 IDENTS = ("ann", "bob", "cid")
 data_st = st.text(alphabet="abcdxyz", min_size=1, max_size=8).map(str.encode)
@@ -238,6 +241,7 @@ CoreMachine.TestCase.settings = settings(
     max_examples=examples("FENCEFS_CORE_EXAMPLES", 300, 10000),
     stateful_step_count=40,
     deadline=None,
+    phases=PHASES,
 )
 TestCoreMachine = CoreMachine.TestCase
 
@@ -619,6 +623,7 @@ ThreadMountMachine.TestCase.settings = settings(
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=list(HealthCheck),
+    phases=PHASES,
 )
 TestMountMachine = ThreadMountMachine.TestCase
 
@@ -627,6 +632,7 @@ AgentMountMachine.TestCase.settings = settings(
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=list(HealthCheck),
+    phases=PHASES,
 )
 TestAgentMountMachine = AgentMountMachine.TestCase
 
