@@ -13,8 +13,10 @@ read (the version its copy is), from which its next rewrite is computed.
 older than the one it replaced: ``NoLostUpdate`` says it stays empty. The
 known gap ``gaps/Observation_CrashForgetsObservations`` (claims are
 volatile, so after a restart an identity that read before the crash writes
-blind) shows up there with cause ``"restart"``; the machines allow only that
-cause, and tests/test_model_based.py::test_restart_forgets_what_was_read shows it.
+blind) shows up there with cause ``"restart"`` (tests/test_model_based.py::test_restart_forgets_what_was_read
+shows it), and ``gaps/Observation_UpdateFromOldRead`` (an O_RDWR handle
+that writes over content it never read) with cause ``"update"``; the
+machines allow only these two causes.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Handle:
     error: int | None = None  # a refused handle repeats its errno from then on
     expired: bool = False  # Leases.tla: the lease ran out
     observed: bool = False  # a read through it recorded an observation
+    orphan: bool = False  # its path was unlinked: its claim left the file's table
 
 
 @dataclass
@@ -84,7 +87,7 @@ class Model:
         """Leases.tla Valid: made under the file's current epoch. (A handle
         refused as a conflict still holds its claim until it is closed: the
         specs close it in the step that refuses it.)"""
-        return h.epoch == self.files[h.file].epoch
+        return h.epoch == self.files[h.file].epoch and not h.orphan
 
     def busy(self, ident: str, name: str) -> bool:
         """Leases.tla Busy: an exclusive file another identity holds live."""
@@ -196,15 +199,21 @@ class Model:
         key = (h.ident, h.file)
         before = f.version
         if h.mode != "append":
-            self._lands(h.ident, h.file, h.base_from)
+            computed, cause = h.base_from, ""
+            if h.mode == "update" and not h.observed and \
+                    self.know.get(key, computed) != computed:
+                # Bytes written over content never read, by an identity that
+                # read an older version: gaps/Observation_UpdateFromOldRead.
+                computed, cause = self.know[key], "update"
+            self._lands(h.ident, h.file, computed, cause)
         new = f.content + (h.draft or b"") if h.mode == "append" else (h.draft or b"")
         # ObsAfterCommit: the observation moves only if it rested on the
         # version (and epoch) replaced, or the commit was not an append.
         seen = self.obs.get(key)
         if seen is not None and (h.mode != "append" or seen == (before, f.epoch)):
             self.obs[key] = (before + 1, f.epoch)
-        if self.know.get(key) == before:
-            self.know[key] = before + 1
+        if key in self.know and (h.mode != "append" or self.know[key] == before):
+            self.know[key] = before + 1  # it knows what it made
         f.content, f.version = new, before + 1
         h.version, h.base, h.draft, h.base_from = f.version, new, None, f.version
         h.dirty, h.expired = False, False
@@ -251,6 +260,9 @@ class Model:
             f.content = f.content[:size] + b"\0" * max(0, size - len(f.content))
         else:
             f.content, f.exists = b"", False
+            for h in self.handles.values():
+                if h.file == name:
+                    h.orphan = True  # it holds the file no more (EBUSY)
         f.version += 1
         if seen is not None:
             self.obs[key] = (f.version, seen[1])

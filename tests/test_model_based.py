@@ -65,9 +65,11 @@ FLAGS = {"rewrite": os.O_RDWR | os.O_TRUNC, "update": os.O_RDWR,
 
 
 def only_restart_losses(model: Model) -> None:
-    """NoLostUpdate, but for the known gap (observations die with the daemon:
-    specs/gaps/Observation_CrashForgetsObservations)."""
-    assert all(why == "restart" for *_, why in model.lost), model.lost
+    """NoLostUpdate, but for the known gaps: observations die with the daemon
+    (specs/gaps/Observation_CrashForgetsObservations), and an O_RDWR handle
+    is judged against the version it opened, not against an older read
+    (specs/gaps/Observation_UpdateFromOldRead, kept deliberately)."""
+    assert all(why in ("restart", "update") for *_, why in model.lost), model.lost
 
 
 # -- the pure core ------------------------------------------------------------------
