@@ -13,10 +13,11 @@ read (the version its copy is), from which its next rewrite is computed.
 older than the one it replaced: ``NoLostUpdate`` says it stays empty. The
 known gap ``gaps/Observation_CrashForgetsObservations`` (claims are
 volatile, so after a restart an identity that read before the crash writes
-blind) shows up there with cause ``"restart"`` (tests/test_model_based.py::test_restart_forgets_what_was_read
-shows it), and ``gaps/Observation_UpdateFromOldRead`` (an O_RDWR handle
-that writes over content it never read) with cause ``"update"``; the
-machines allow only these two causes.
+blind) shows up there with cause ``"restart"`` (shown by
+tests/test_model_based.py::test_restart_forgets_what_was_read), and
+``gaps/Observation_UpdateFromOldRead`` (an O_RDWR handle that writes over
+content it never read) with cause ``"update"``; the machines allow only
+these two causes.
 """
 
 from __future__ import annotations
