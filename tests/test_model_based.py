@@ -240,7 +240,7 @@ class CoreMachine(RuleBasedStateMachine):
 
 
 CoreMachine.TestCase.settings = settings(
-    max_examples=examples("FENCEFS_CORE_EXAMPLES", 300, 10000),
+    max_examples=examples("FENCEFS_CORE_EXAMPLES", 400, 10000),
     stateful_step_count=40,
     deadline=None,
     phases=PHASES,
@@ -568,10 +568,13 @@ class MountMachine(RuleBasedStateMachine):
         self.settle_all()
 
     @precondition(lambda self: self.io.can_kill)
-    @rule(ident=st.sampled_from(IDENTS))
-    def kill(self, ident: str) -> None:
-        """G7: SIGKILL the agent, handles open and drafts dirty: nothing it
-        wrote is committed."""
+    @rule(hid=handles)
+    def kill(self, hid: int) -> None:
+        """G7: SIGKILL the agent that holds this handle, open with a dirty
+        draft (and maybe others): nothing it wrote is committed."""
+        if hid not in self.fds or not self.model.handles[hid].dirty:
+            return
+        ident = self.model.handles[hid].ident
         for hid in [k for k, h in self.model.handles.items() if h.ident == ident]:
             self.fds.pop(hid)
         self.model.Kill(ident)
@@ -621,7 +624,7 @@ class AgentMountMachine(MountMachine):
 
 
 ThreadMountMachine.TestCase.settings = settings(
-    max_examples=examples("FENCEFS_MODEL_EXAMPLES", 10, 200),
+    max_examples=examples("FENCEFS_MODEL_EXAMPLES", 12, 200),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=list(HealthCheck),
