@@ -240,7 +240,7 @@ class CoreMachine(RuleBasedStateMachine):
 
 
 CoreMachine.TestCase.settings = settings(
-    max_examples=examples("FENCEFS_CORE_EXAMPLES", 400, 10000),
+    max_examples=examples("FENCEFS_CORE_EXAMPLES", 300, 10000),
     stateful_step_count=40,
     deadline=None,
     phases=PHASES,
@@ -624,7 +624,7 @@ class AgentMountMachine(MountMachine):
 
 
 ThreadMountMachine.TestCase.settings = settings(
-    max_examples=examples("FENCEFS_MODEL_EXAMPLES", 12, 200),
+    max_examples=examples("FENCEFS_MODEL_EXAMPLES", 10, 200),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=list(HealthCheck),
@@ -633,7 +633,7 @@ ThreadMountMachine.TestCase.settings = settings(
 TestMountMachine = ThreadMountMachine.TestCase
 
 AgentMountMachine.TestCase.settings = settings(
-    max_examples=examples("FENCEFS_AGENT_MODEL_EXAMPLES", 8, 100),
+    max_examples=examples("FENCEFS_AGENT_MODEL_EXAMPLES", 6, 100),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=list(HealthCheck),
