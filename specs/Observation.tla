@@ -138,12 +138,13 @@ OpenWrite(i, f, mode) == OpenWriteWith(i, f, mode, OpenCheck)
 (* What the identity's observation becomes after its own commit.  It may   *)
 (* move to the new version only if it rested on the version replaced:      *)
 (* an append does not rest on anything, so after an append over a file     *)
-(* that moved, the identity still knows only its old read.                 *)
-(* NOTE: Coordinator.commit currently moves it for every commit, appends   *)
-(* included: that is gaps/Observation_CoreAppendAdvancesObservation.       *)
+(* that moved, the identity still knows only its old read.  Nor after an  *)
+(* append over a file reclaimed since the read: the observation was        *)
+(* revoked (its epoch is superseded), and an append re-reads nothing, so   *)
+(* it stays revoked (the identity's next rewrite is fenced).               *)
 (***************************************************************************)
 ObsAfterCommit(i, f, c) ==
-    IF obs[i][f] # None /\ (~c.append \/ obs[i][f].version = ver[f])
+    IF obs[i][f] # None /\ (~c.append \/ obs[i][f] = [version |-> ver[f], epoch |-> ep[f]])
     THEN [version |-> ver[f] + 1, epoch |-> ep[f]]
     ELSE obs[i][f]
 

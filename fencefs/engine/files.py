@@ -80,6 +80,13 @@ class FileTable:
             if tomb is not None and saved is None:
                 for seen in tomb[2]:
                     coord.observe(rel, seen.identity, seen.pid, seen.version, seen.epoch)
+                # The tombstone is in memory only: the new file carries the
+                # path's version and epoch, so a restart does not lose them.
+                try:
+                    self.persist_state(file, durable=False)
+                    fp = self.fingerprints[rel]
+                except OSError as e:
+                    log.warning("could not persist the state of re-created %s: %s", rel, e)
             if saved is not None and saved != fp:
                 self._adopt_foreign(file, fp)
             self.fingerprints[rel] = fp

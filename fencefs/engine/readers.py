@@ -35,9 +35,20 @@ class Readers:
         if handle.base_fd is None:
             return b""
         data = os.pread(handle.base_fd, size, off)
-        if handle.served != handle.observed and not handle.meta and not handle.dirty:
+        if not handle.meta and not handle.dirty and self._unrecorded(handle):
             self.observe(handle)
         return data
+
+    def _unrecorded(self, handle: Handle) -> bool:
+        """Whether the identity's observation is not what this handle serves:
+        a read through a handle opened before a commit records that older
+        version again, even after a newer read by path (Observation.tla
+        Observe), or a rewrite computed from these bytes would land."""
+        if handle.served != handle.observed:
+            return True
+        file = self.coord.get(handle.path)
+        seen = file.readers.get(handle.caller.identity) if file is not None else None
+        return seen is None or (seen.version, seen.epoch) != handle.served
 
     @staticmethod
     def _read_appending(handle: Handle, off: int, size: int) -> bytes:
