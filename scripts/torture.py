@@ -233,7 +233,9 @@ class Torture:
                          f"{len(abandoned)} journaled as abandoned")
         # Every version up to the current one is journaled as committed once;
         # a commit journaled but never installed (killed in between) is
-        # matched by the abandoned draft that carried it.
+        # matched by the abandoned draft that carried it, or (a rename or
+        # unlink, which have no draft) by the `failed` line the next mount
+        # wrote for it.
         unused = {e.get("draft") for e in journal if e.get("event") == "abandoned"} - {None}
         net: dict[tuple[object, object], int] = {}
         ops: dict[tuple[object, object], str] = {}
@@ -242,6 +244,8 @@ class Torture:
             if e.get("event") == "commit" and e.get("draft") not in unused:
                 net[key] = net.get(key, 0) + 1
                 ops[key] = str(e.get("op", "commit"))
+            elif e.get("event") == "failed" and net.get(key, 0) > 0:
+                net[key] -= 1
         for name, version in self.versions_seen.items():
             for v in range(1, version + 1):
                 if net.get((name, v), 0) != 1:
