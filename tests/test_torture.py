@@ -13,6 +13,7 @@ first journal write of a commit (strace injects the SIGKILL).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -150,6 +151,11 @@ def test_killed_between_keeping_history_and_the_rename(tmp_path: Path, op: str) 
         path = m.seed("plan.md", "v1\n")
         if op == "rename":
             m.seed("plan.md.tmp", "v2\n")
+        # Another writer's draft, still open at the crash: an orphan that the
+        # next mount journals before it looks at the journal's last line.
+        other = open(m.path("other.md"), "w")
+        other.write("a draft\n")
+        other.flush()
         assert m.proc is not None
         # The first rename from now on is the commit's install, which runs
         # right after the link that keeps v1 in the history.
@@ -171,6 +177,9 @@ def test_killed_between_keeping_history_and_the_rename(tmp_path: Path, op: str) 
         m.proc.wait(timeout=10)
         assert m.proc.returncode == -9
         tracer.wait(timeout=10)
+        with pytest.raises(OSError) as gone:
+            other.close()
+        assert gone.value.errno == errno.ENOTCONN
         kept = m.backing / ".fencefs" / "versions" / "plan.md" / "1"
         live = os.stat(m.backing / "plan.md")
         # The crash left the link: the same inode as the live file.
@@ -187,10 +196,72 @@ def test_killed_between_keeping_history_and_the_rename(tmp_path: Path, op: str) 
         assert os.listdir(m.backing / ".fencefs" / "drafts") == []
         undone = [(e["event"], e.get("op")) for e in m.journal()
                   if e.get("reason") == "daemon-restart"]
-        assert undone == [("abandoned", None) if op == "close" else ("failed", op)]
+        assert sorted(undone) == sorted([("abandoned", None),
+                                         ("abandoned", None) if op == "close"
+                                         else ("failed", op)])
         with open(path, "w") as f:  # the next commit keeps v1 again, as history
             f.write("v2 again\n")
         assert kept.read_text() == "v1\n"
+        assert_follows_the_specs(m.journal_path())
+    finally:
+        m.stop()
+    assert not re.search(r"Traceback| ERROR ", m.log())
+
+
+def test_killed_between_rejecting_and_journaling(tmp_path: Path) -> None:
+    """Killed after a refused draft was renamed into rejected/ and before
+    its journal line: the next mount journals that rejected write (G5: it is
+    kept, and the journal names it)."""
+    require_fuse()
+    if shutil.which("strace") is None:
+        if os.environ.get("CI"):
+            pytest.fail("strace is missing (scripts/setup installs it)")
+        pytest.skip("needs strace")
+    m = Mount(tmp_path)
+    m.start()
+    try:
+        path = m.seed("plan.md", "v1\n")
+        # No fork while the loser's descriptor is open: a child's exec
+        # closes its copy, and that close is a flush (a commit point) too.
+        # So the winner (another process, another identity) and the tracer
+        # start first.
+        winner = subprocess.Popen(["sh", "-c", 'read go; printf "the winner\'s update\\n" > "$1"',
+                                   "sh", path], stdin=subprocess.PIPE, text=True)
+        assert m.proc is not None
+        # From here, the daemon's first write(2) is the winner's journal
+        # line, its second the loser's refusal, right after the loser's
+        # draft was renamed into rejected/: strace kills it there.
+        tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(m.proc.pid), "-o",
+                                   os.devnull, "-e", "trace=write",
+                                   "-e", "inject=write:signal=KILL:when=2"],
+                                  stderr=subprocess.DEVNULL)
+        wait_traced(m.proc.pid, tracer.pid)
+        loser = open(path, "r+")  # rests on v1, as the winner will
+        loser.write("the loser's update\n")
+        loser.flush()
+        assert winner.stdin is not None
+        winner.stdin.write("go\n")
+        winner.stdin.close()
+        assert winner.wait(timeout=30) == 0
+        with pytest.raises(OSError) as died:
+            loser.close()  # refused, and the daemon dies journaling it
+        assert died.value.errno == errno.ECONNABORTED  # the request in flight
+        m.proc.wait(timeout=10)
+        assert m.proc.returncode == -9
+        tracer.wait(timeout=10)
+        rejected = os.listdir(m.backing / ".fencefs" / "rejected")
+        assert len(rejected) == 1 and ".conflict." in rejected[0]
+        assert not [e for e in m.journal() if e.get("rejected") == rejected[0]]
+        subprocess.run(["fusermount3", "-u", "-z", str(m.mnt)], capture_output=True)
+        if m.proc.stderr:
+            m.proc.stderr.close()
+        m.proc = None
+        m.start()
+        [line] = [e for e in m.journal() if e.get("rejected") == rejected[0]]
+        assert (line["event"], line["reason"], line["file"]) == (
+            "abandoned", "daemon-restart", "plan.md")
+        with open(path) as f:
+            assert f.read() == "the winner's update\n"
         assert_follows_the_specs(m.journal_path())
     finally:
         m.stop()

@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import trio
 
@@ -39,7 +40,6 @@ from fencefs.engine.journaling import Journaling
 from fencefs.engine.writers import BIG, Writers
 from fencefs.store.backing import Backing, Fingerprint
 from fencefs.store.drafts import Draft, Drafts, close_quietly
-from fencefs.store.journal import last_record
 from fencefs.store.txn import is_staged
 
 log = logging.getLogger("fencefs.engine")
@@ -76,11 +76,14 @@ class CommitEngine:
 
     # -- start-up ----------------------------------------------------------------
 
-    def recover(self) -> int:
+    def recover(self, last: dict[str, Any] | None) -> int:
         """Put drafts orphaned by a crash away as abandoned writes (and
-        delete what an earlier daemon left in the trash)."""
+        delete what an earlier daemon left in the trash); journal what the
+        dead daemon did last but could not journal. ``last`` is the
+        journal's last record as the dead daemon left it (read before any
+        recovery writes to the journal)."""
         self.drafts.trash.empty()
-        count = 0
+        count = self._journal_unjournaled_rejections(last)
         for path, meta in self.drafts.orphans():
             target = str(meta.get("path", "?"))
             identity = str(meta.get("identity", "?"))
@@ -92,12 +95,25 @@ class CommitEngine:
                                    draft=os.path.basename(path))
             self.unkeep(target)
             count += 1
-        count += self._undo_unlanded_path_commit()
+        count += self._undo_unlanded_path_commit(last)
         if count:
             self.journaling.journal.sync()
         return count
 
-    def _undo_unlanded_path_commit(self) -> int:
+    def _journal_unjournaled_rejections(self, last: dict[str, Any] | None) -> int:
+        """A refused draft is renamed into rejected/ and then journaled (the
+        very next step): a crash in between leaves a rejected write newer
+        than the journal's last line (names sort by the time they were
+        made). Each is journaled now, as put away at the restart."""
+        if last is None or not isinstance(last.get("ts"), (int, float)):
+            return 0
+        unjournaled = self.drafts.rejected.newer_than(float(last["ts"]))
+        for name, target in unjournaled:
+            self.journaling.record("abandoned", target, rejected=name,
+                                   reason="daemon-restart", op="reject")
+        return len(unjournaled)
+
+    def _undo_unlanded_path_commit(self, last: dict[str, Any] | None) -> int:
         """A path commit (rename over a file, unlink) is journaled ahead of
         its rename or unlink, like any commit, but has no draft to name it
         if a crash comes in between. Installs run one at a time on the
@@ -105,7 +121,6 @@ class CommitEngine:
         journal's last record can be one that never landed: if the path
         still holds an older version than it names, the commit is recorded
         as ``failed`` (and what history kept for it is dropped)."""
-        last = last_record(self.journaling.journal.path)
         if (last is None or last.get("event") != "commit" or last.get("draft")
                 or last.get("op") not in ("rename", "unlink")):
             return 0

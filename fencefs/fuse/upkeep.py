@@ -24,6 +24,7 @@ from fencefs.fuse.hosts import Hosts
 from fencefs.fuse.identity import alive, anchor_alive
 from fencefs.store.backing import META_DIR
 from fencefs.store.drafts import Drafts
+from fencefs.store.journal import last_record
 from fencefs.store.retention import Dropped
 from fencefs.store.snapshots import Snapshots
 
@@ -59,9 +60,11 @@ class Upkeep:
         self.journaling.namespace_changed("", META_DIR)
         if self.etcd is not None:
             return 0
+        # What the dead daemon journaled last, before recovery journals more.
+        last = last_record(self.journaling.journal.path)
         rolled = len(self.txns.store.recover())
         self.snapshots.recover()
-        return rolled + self.commits.recover()
+        return rolled + self.commits.recover(last)
 
     async def recover_across_hosts(self) -> int:
         """This host's orphaned drafts, with etcd (``EtcdCoordination.recover``)."""

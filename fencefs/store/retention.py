@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -129,6 +130,13 @@ def _parse_rejected(name: str) -> tuple[float, str] | None:
     return calendar.timegm(stamp) + micros / 1e6, f"{parts[3]}.{parts[4]}"
 
 
+def _target_of(name: str) -> str:
+    """The path a rejected write was meant for, as far as its name tells
+    (drafts.rejected_name escapes it; a long one is cut): for a journal line."""
+    parts = name.split(".", 4)
+    return urllib.parse.unquote(parts[4]) if len(parts) == 5 else "?"
+
+
 class RejectedIndex:
     """The rejected writes in ``directory``, oldest first, with their sizes."""
 
@@ -169,6 +177,16 @@ class RejectedIndex:
 
     def add(self, name: str, size: int) -> None:
         self._append(name, size)
+
+    def newer_than(self, when: float) -> list[tuple[str, str]]:
+        """The rejected writes named as made after ``when`` (seconds since
+        the epoch), with the path each was meant for, oldest first."""
+        found = []
+        for item in reversed(self._items):
+            if item.when <= when:
+                break
+            found.append((item.name, _target_of(item.name)))
+        return found[::-1]
 
     def __len__(self) -> int:
         return len(self._items)
