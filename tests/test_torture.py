@@ -259,7 +259,7 @@ def test_killed_between_rejecting_and_journaling(tmp_path: Path) -> None:
         m.start()
         [line] = [e for e in m.journal() if e.get("rejected") == rejected[0]]
         assert (line["event"], line["reason"], line["file"]) == (
-            "abandoned", "daemon-restart", "plan.md")
+            "rejected", "daemon-restart", "plan.md")
         with open(path) as f:
             assert f.read() == "the winner's update\n"
         assert_follows_the_specs(m.journal_path())

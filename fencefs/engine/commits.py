@@ -104,13 +104,13 @@ class CommitEngine:
         """A refused draft is renamed into rejected/ and then journaled (the
         very next step): a crash in between leaves a rejected write newer
         than the journal's last line (names sort by the time they were
-        made). Each is journaled now, as put away at the restart."""
+        made). Each is journaled now (a ``rejected`` line: the refusal's own
+        fields are lost with it; the name still says which kind it was)."""
         if last is None or not isinstance(last.get("ts"), (int, float)):
             return 0
         unjournaled = self.drafts.rejected.newer_than(float(last["ts"]))
         for name, target in unjournaled:
-            self.journaling.record("abandoned", target, rejected=name,
-                                   reason="daemon-restart", op="reject")
+            self.journaling.record("rejected", target, rejected=name, reason="daemon-restart")
         return len(unjournaled)
 
     def _undo_unlanded_path_commit(self, last: dict[str, Any] | None) -> int:
