@@ -17,12 +17,14 @@ import trio
 import trio.testing
 
 from fencefs.fuse.upkeep import Upkeep
+from fencefs.store.retention import Retention
 
 
 class _History:
     def __init__(self) -> None:
         self.wanted = trio.Event()
         self.sweeps = 0
+        self.policy = Retention()
 
     async def scan(self) -> None:
         pass
@@ -44,11 +46,24 @@ class _Readers:
     identity_pids: dict[str, set[int]] = {}
 
 
+class _Snapshots:
+    def over_bounds(self, count: int, age: float, now: float) -> list[Any]:
+        return []
+
+
+class _Transactions:
+    def __init__(self) -> None:
+        self.sweeps = 0
+
+    def sweep_abandoned(self, owner_alive: Any, now: float, keep_for: float) -> None:
+        self.sweeps += 1
+
+
 def test_upkeep_ticks_once_per_interval_on_trios_clock() -> None:
-    history, journaling = _History(), _Journaling()
+    history, journaling, txns = _History(), _Journaling(), _Transactions()
     none: Any = None
     upkeep = Upkeep(none, _Readers(), none, history, journaling,  # type: ignore[arg-type]
-                    none, none, none, None, sweep_after=None)
+                    txns, _Snapshots(), none, None, sweep_after=None)  # type: ignore[arg-type]
 
     async def main() -> None:
         with trio.move_on_after(10.5):
@@ -56,5 +71,5 @@ def test_upkeep_ticks_once_per_interval_on_trios_clock() -> None:
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     # ticks at 2, 4, 6, 8, 10 (virtual) seconds: each one sweep and one flush
-    assert journaling.flushes == 5
+    assert journaling.flushes == 5 and txns.sweeps == 5
     assert history.sweeps == 5

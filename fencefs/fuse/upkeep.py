@@ -84,10 +84,10 @@ class Upkeep:
             with trio.move_on_at(tick):  # or earlier, when a file's history is full
                 await self.history.wanted.wait()
             await self.history.sweep(time.time())
-            await self.sweep_snapshots(time.time())
             if trio.current_time() < tick:
                 continue
             tick = trio.current_time() + interval
+            await self.sweep_snapshots(time.time())  # a listing: once per tick
             await self.journaling.flush_namespace()
             if self.etcd is not None:   # transactions decided by a host that died
                 await self.etcd.txns.sweep(time.monotonic())
