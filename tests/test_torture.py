@@ -28,6 +28,44 @@ from tests.support.procs import wait_traced
 from tests.support.trace import assert_follows_the_specs
 
 
+def require_strace() -> None:
+    require_fuse()
+    if shutil.which("strace") is None:
+        if os.environ.get("CI"):
+            pytest.fail("strace is missing (scripts/setup installs it)")
+        pytest.skip("needs strace")
+
+
+def kill_at(m: Mount, syscalls: str, when: int = 1) -> subprocess.Popen[bytes]:
+    """strace on the daemon, which SIGKILLs it on entering the ``when``-th
+    call of ``syscalls`` from now on (before that call runs); returns once
+    strace is attached to every daemon thread (TracerPid)."""
+    assert m.proc is not None
+    inject = f"inject={syscalls}:signal=KILL" + (f":when={when}" if when > 1 else "")
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(m.proc.pid), "-o", os.devnull,
+                               "-e", f"trace={syscalls}", "-e", inject],
+                              stderr=subprocess.DEVNULL)
+    wait_traced(m.proc.pid, tracer.pid)
+    return tracer
+
+
+def wait_killed(m: Mount, tracer: subprocess.Popen[bytes]) -> None:
+    assert m.proc is not None
+    m.proc.wait(timeout=10)
+    assert m.proc.returncode == -9
+    tracer.wait(timeout=10)
+
+
+def remount(m: Mount) -> None:
+    """Clear the dead daemon's mount and start a new daemon (its recovery)."""
+    assert m.proc is not None
+    subprocess.run(["fusermount3", "-u", "-z", str(m.mnt)], capture_output=True)
+    if m.proc.stderr:
+        m.proc.stderr.close()
+    m.proc = None
+    m.start()
+
+
 def torture(tmp_path: Path, *args: str, timeout: float) -> dict[str, str]:
     require_fuse()
     if os.geteuid() != 0:
@@ -77,11 +115,7 @@ def test_killed_at_the_journal_write_of_a_commit(tmp_path: Path, op: str) -> Non
     """Killed at the journal write of a commit (before the line is written),
     the file keeps the version before, the journal has no commit of the next
     one, and the draft is put away at the next mount."""
-    require_fuse()
-    if shutil.which("strace") is None:
-        if os.environ.get("CI"):
-            pytest.fail("strace is missing (scripts/setup installs it)")
-        pytest.skip("needs strace")
+    require_strace()
     m = Mount(tmp_path)
     m.start()
     try:
@@ -91,11 +125,7 @@ def test_killed_at_the_journal_write_of_a_commit(tmp_path: Path, op: str) -> Non
         assert m.proc is not None
         # The daemon's first write(2) from now on is the commit's journal
         # line: strace kills it right there, before the syscall runs.
-        tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(m.proc.pid), "-o",
-                                   os.devnull, "-e", "trace=write",
-                                   "-e", "inject=write:signal=KILL"],
-                                  stderr=subprocess.DEVNULL)
-        wait_traced(m.proc.pid, tracer.pid)  # evidence: TracerPid of every thread
+        tracer = kill_at(m, "write")
         try:
             if op == "close":
                 with open(path, "w") as f:
@@ -107,14 +137,8 @@ def test_killed_at_the_journal_write_of_a_commit(tmp_path: Path, op: str) -> Non
                     f.write("v2 appended\n")
         except OSError:
             pass  # the daemon died under the call
-        m.proc.wait(timeout=10)
-        assert m.proc.returncode == -9
-        tracer.wait(timeout=10)
-        subprocess.run(["fusermount3", "-u", "-z", str(m.mnt)], capture_output=True)
-        if m.proc.stderr:
-            m.proc.stderr.close()
-        m.proc = None
-        m.start()
+        wait_killed(m, tracer)
+        remount(m)
         with open(path) as f:
             content = f.read()
         version = int(os.getxattr(path, "user.fencefs.version"))
@@ -140,11 +164,7 @@ def test_killed_between_keeping_history_and_the_rename(tmp_path: Path, op: str) 
     entry for v1 (that inode is the live content, not a past one), and the
     journal accounts for the commit that never landed (an abandoned draft;
     a ``failed`` line for a rename or unlink, which have no draft)."""
-    require_fuse()
-    if shutil.which("strace") is None:
-        if os.environ.get("CI"):
-            pytest.fail("strace is missing (scripts/setup installs it)")
-        pytest.skip("needs strace")
+    require_strace()
     m = Mount(tmp_path)
     m.start()
     try:
@@ -159,11 +179,7 @@ def test_killed_between_keeping_history_and_the_rename(tmp_path: Path, op: str) 
         assert m.proc is not None
         # The first rename from now on is the commit's install, which runs
         # right after the link that keeps v1 in the history.
-        tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(m.proc.pid), "-o",
-                                   os.devnull, "-e", "trace=rename,renameat,renameat2",
-                                   "-e", "inject=rename,renameat,renameat2:signal=KILL"],
-                                  stderr=subprocess.DEVNULL)
-        wait_traced(m.proc.pid, tracer.pid)
+        tracer = kill_at(m, "rename,renameat,renameat2")
         try:
             if op == "close":
                 with open(path, "w") as f:
@@ -174,9 +190,7 @@ def test_killed_between_keeping_history_and_the_rename(tmp_path: Path, op: str) 
                 os.unlink(path)
         except OSError:
             pass  # the daemon died under the call
-        m.proc.wait(timeout=10)
-        assert m.proc.returncode == -9
-        tracer.wait(timeout=10)
+        wait_killed(m, tracer)
         with pytest.raises(OSError) as gone:
             other.close()
         assert gone.value.errno == errno.ENOTCONN
@@ -184,11 +198,7 @@ def test_killed_between_keeping_history_and_the_rename(tmp_path: Path, op: str) 
         live = os.stat(m.backing / "plan.md")
         # The crash left the link: the same inode as the live file.
         assert (os.stat(kept).st_ino, live.st_ino) == (live.st_ino, live.st_ino)
-        subprocess.run(["fusermount3", "-u", "-z", str(m.mnt)], capture_output=True)
-        if m.proc.stderr:
-            m.proc.stderr.close()
-        m.proc = None
-        m.start()
+        remount(m)
         with open(path) as f:
             assert f.read() == "v1\n"
         assert int(os.getxattr(path, "user.fencefs.version")) == 1
@@ -212,11 +222,7 @@ def test_killed_between_rejecting_and_journaling(tmp_path: Path) -> None:
     """Killed after a refused draft was renamed into rejected/ and before
     its journal line: the next mount journals that rejected write (G5: it is
     kept, and the journal names it)."""
-    require_fuse()
-    if shutil.which("strace") is None:
-        if os.environ.get("CI"):
-            pytest.fail("strace is missing (scripts/setup installs it)")
-        pytest.skip("needs strace")
+    require_strace()
     m = Mount(tmp_path)
     m.start()
     try:
@@ -231,11 +237,7 @@ def test_killed_between_rejecting_and_journaling(tmp_path: Path) -> None:
         # From here, the daemon's first write(2) is the winner's journal
         # line, its second the loser's refusal, right after the loser's
         # draft was renamed into rejected/: strace kills it there.
-        tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(m.proc.pid), "-o",
-                                   os.devnull, "-e", "trace=write",
-                                   "-e", "inject=write:signal=KILL:when=2"],
-                                  stderr=subprocess.DEVNULL)
-        wait_traced(m.proc.pid, tracer.pid)
+        tracer = kill_at(m, "write", when=2)
         loser = open(path, "r+")  # rests on v1, as the winner will
         loser.write("the loser's update\n")
         loser.flush()
@@ -246,17 +248,11 @@ def test_killed_between_rejecting_and_journaling(tmp_path: Path) -> None:
         with pytest.raises(OSError) as died:
             loser.close()  # refused, and the daemon dies journaling it
         assert died.value.errno == errno.ECONNABORTED  # the request in flight
-        m.proc.wait(timeout=10)
-        assert m.proc.returncode == -9
-        tracer.wait(timeout=10)
+        wait_killed(m, tracer)
         rejected = os.listdir(m.backing / ".fencefs" / "rejected")
         assert len(rejected) == 1 and ".conflict." in rejected[0]
         assert not [e for e in m.journal() if e.get("rejected") == rejected[0]]
-        subprocess.run(["fusermount3", "-u", "-z", str(m.mnt)], capture_output=True)
-        if m.proc.stderr:
-            m.proc.stderr.close()
-        m.proc = None
-        m.start()
+        remount(m)
         [line] = [e for e in m.journal() if e.get("rejected") == rejected[0]]
         assert (line["event"], line["reason"], line["file"]) == (
             "rejected", "daemon-restart", "plan.md")

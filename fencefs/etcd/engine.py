@@ -40,7 +40,6 @@ from fencefs.core.model import EXCLUSIVE
 from fencefs.core.transaction import Member, Planned
 from fencefs.engine.atomic import atomic
 from fencefs.engine.coordination import Install, LocalCoordination
-from fencefs.engine.journaling import Journaling
 from fencefs.etcd import coordination as co
 from fencefs.etcd import hosts as hs
 from fencefs.etcd.client import EtcdClient, EtcdError, EtcdUnreachable, LeaseNotFound, Put
@@ -48,7 +47,7 @@ from fencefs.etcd.journals import Revisions
 from fencefs.etcd.keys import ClaimRecord, Holder, Layout, Marker, Record
 from fencefs.etcd.patience import patiently
 from fencefs.etcd.reads import Reads
-from fencefs.etcd.txns import HostTxns, is_txn_draft
+from fencefs.etcd.txns import HostTxns
 from fencefs.store.drafts import Drafts
 
 log = logging.getLogger("fencefs.etcd")
@@ -555,67 +554,6 @@ class EtcdCoordination(LocalCoordination):
 
     async def policies(self) -> dict[str, tuple[str | None, int]]:
         return await hs.read_policies(self._client(""), self.layout)
-
-    # -- start-up ----------------------------------------------------------------------
-
-    async def recover_drafts(self, drafts: Drafts, journaling: Journaling,
-                             unkeep: Callable[[str], None] = lambda rel: None) -> int:
-        """This host's drafts orphaned by its previous life (see ``recover``);
-        those put away are journaled as ``abandoned``, and what history kept
-        for their commit is dropped (``unkeep``)."""
-        async def recover_all() -> int:   # the drafts afresh at each try
-            found = drafts.orphans()
-            count = await self.txns.recover([(p, m) for p, m in found if is_txn_draft(m)],
-                                            put_away)
-            return count + await self.recover(
-                [(p, str(m.get("path", "?"))) for p, m in found if not is_txn_draft(m)],
-                put_away)
-
-        def put_away(draft: str, target: str) -> None:
-            name = drafts.put_away(draft, target, "?", "abandoned")
-            journaling.record("abandoned", target, rejected=name, reason="daemon-restart",
-                              draft=os.path.basename(draft))
-            unkeep(target)
-
-        if self.client is None:   # before the mount: a client of its own
-            async with self.settings.client() as client:
-                self.client = client
-                try:
-                    count = await patiently("recovering this host's drafts", recover_all,
-                                            self.settings.start_timeout)
-                finally:
-                    self.client = None
-        else:
-            count = await recover_all()
-        if count:
-            journaling.journal.sync()
-        return count
-
-    async def recover(self, orphans: list[tuple[str, str]],
-                      put_away: Callable[[str, str], None]) -> int:
-        """This host's drafts left by its previous life: roll forward the
-        ones a record names; for the others, first move the file key's
-        revision (a transaction of theirs may still be in flight), then put
-        them away (``specs/MultiHost.tla``, Recover)."""
-        client = self._client("")
-        count = 0
-        for draft, target in orphans:
-            view = await co.read(client, self.layout, target)
-            name = os.path.basename(draft)
-            if view.record is not None and view.record.content == name:
-                try:
-                    self._install(name, target)
-                    log.warning("rolled %s forward to v%d at restart", target, view.version)
-                except FileNotFoundError:
-                    pass
-                continue
-            if view.record is not None:
-                await client.txn([co.mod_is(self.layout.file(target), view.revision)],
-                                 [Put(self.layout.file(target), view.record.to_bytes())])
-            put_away(draft, target)
-            count += 1
-        return count
-
 
 def host_prefix(host: str) -> str:
     """A draft name prefix that tells this host's drafts from others' on the

@@ -20,6 +20,7 @@ from fencefs.engine.journaling import Journaling
 from fencefs.engine.readers import Readers
 from fencefs.engine.txns import Transactions
 from fencefs.etcd.engine import EtcdCoordination
+from fencefs.etcd.recovery import recover_drafts
 from fencefs.fuse.hosts import Hosts
 from fencefs.fuse.identity import alive, anchor_alive
 from fencefs.store.backing import META_DIR
@@ -67,10 +68,10 @@ class Upkeep:
         return rolled + self.commits.recover(last)
 
     async def recover_across_hosts(self) -> int:
-        """This host's orphaned drafts, with etcd (``EtcdCoordination.recover``)."""
+        """This host's orphaned drafts, with etcd (``etcd/recovery.py``)."""
         assert self.etcd is not None
-        return await self.etcd.recover_drafts(self.drafts, self.journaling,
-                                               self.history.unkeep)
+        return await recover_drafts(self.etcd, self.drafts, self.journaling,
+                                    self.history.unkeep)
 
     async def maintain(self, interval: float = 2.0) -> None:
         """Background upkeep: drop claims of identities that have exited;
